@@ -1,0 +1,32 @@
+# One place that installs bench reproducibly and runs it; README and CI call these targets.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTHON ?= python3
+
+.PHONY: install demo test bench-perf golden
+
+# Reuses an existing venv; reinstalls only when the lock file or pyproject changed.
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24,<27"
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The default benchmark: JPEG and WebP on photos shipped inside scikit-image (no download).
+demo: install
+	$(VENV)/bin/bench run --out runs/default
+
+test: install
+	$(PY) -m pytest -q
+
+# Speed ratios (not a test): harness overhead, resume cost, worker scaling.
+bench-perf: install
+	$(PY) benchmarks/perf.py
+
+# Recompute the full Kodak golden table in results/ (slow: ~30 min with 2 workers).
+golden: install
+	$(PY) -m bench.golden --write

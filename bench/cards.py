@@ -1,0 +1,110 @@
+"""Cards: declarative YAML configurations of codecs (``codecs/``) and datasets
+(``datasets/``), one file each.
+
+A codec card::
+
+    name: jpeg                 # what users type (--codec jpeg)
+    adapter: pillow-jpeg       # registered codec adapter
+    params: {subsampling: "4:2:0"}
+    points: [10, 30, 50, 70, 90]
+    colour: "RGB -> YCbCr (JFIF, BT.601 full range), 4:2:0, 8 bit"
+    description: ...
+
+A dataset card names its ``loader`` (registered dataset loader) plus the
+loader's fields (files, pixel hashes, source URLs, licence, protocol).
+
+Card directories searched, in order: ``$BENCH_CARDS`` (os.pathsep-separated
+roots, each holding ``codecs/`` and/or ``datasets/``), then the repository root
+of this checkout. A card's hash (sha256 of its canonical JSON) keys resume.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench import registry
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CARD_DIRS = {"codec": "codecs", "dataset": "datasets"}
+
+
+class CardError(ValueError):
+    """A malformed card; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Card:
+    kind: str  # "codec" or "dataset"
+    name: str
+    body: dict = field(hash=False)
+    path: str = ""
+
+    @property
+    def target(self) -> str:
+        """The registered adapter (codec) or loader (dataset) this card configures."""
+        return self.body["adapter" if self.kind == "codec" else "loader"]
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.body, sort_keys=True, default=str).encode()).hexdigest()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.body.get(key, default)
+
+
+def roots() -> list[Path]:
+    extra = [Path(p) for p in os.environ.get("BENCH_CARDS", "").split(os.pathsep) if p]
+    return [*extra, REPO_ROOT]
+
+
+def parse(kind: str, path: Path) -> Card:
+    try:
+        body = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise CardError(f"{path}: not valid YAML: {exc}") from exc
+    key = "adapter" if kind == "codec" else "loader"
+    if not isinstance(body, dict) or "name" not in body or key not in body:
+        raise CardError(f"{path}: a {kind} card needs at least `name:` and `{key}:`")
+    return Card(kind, str(body["name"]), body, str(path))
+
+
+@lru_cache(maxsize=None)
+def _cards(kind: str, roots_key: tuple[str, ...]) -> dict[str, Card]:
+    found: dict[str, Card] = {}
+    for root in map(Path, roots_key):
+        folder = root / CARD_DIRS[kind]
+        for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else ():
+            card = parse(kind, path)
+            found.setdefault(card.name, card)  # earlier roots win
+    return found
+
+
+def cards(kind: str) -> dict[str, Card]:
+    """All cards of ``kind`` by name, plus a default card for each registered
+    target that no card configures (so a plugin adapter works without a card)."""
+    found = dict(_cards(kind, tuple(map(str, roots()))))
+    configured = {c.target for c in found.values()}
+    key = "adapter" if kind == "codec" else "loader"
+    for name, entry in registry.entries(kind).items():
+        if name not in configured and name not in found:
+            body = {"name": name, key: name}
+            if kind == "codec":
+                body["points"] = list(getattr(entry.obj, "default_points", ()))
+            found[name] = Card(kind, name, body, f"<default card of {entry.source} {kind} {name}>")
+    return found
+
+
+def get(kind: str, name: str) -> Card:
+    return registry.lookup(cards(kind), kind, name)
+
+
+def load_file(kind: str, path: str | Path) -> Card:
+    """A card given by path (e.g. ``--codec my_codec.yaml``)."""
+    return parse(kind, Path(path))

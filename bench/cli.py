@@ -1,0 +1,257 @@
+"""The ``bench`` command line (Typer + Rich)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from bench import cards, registry
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Evaluate image codecs: rate from stored "
+                  "bytes, reconstructions decoded from bytes alone, many metrics, resumable runs.")
+codecs_app = typer.Typer(no_args_is_help=True, help="Codec cards and adapters.")
+metrics_app = typer.Typer(no_args_is_help=True, help="Quality metrics.")
+datasets_app = typer.Typer(no_args_is_help=True, help="Dataset cards.")
+app.add_typer(codecs_app, name="codecs")
+app.add_typer(metrics_app, name="metrics")
+app.add_typer(datasets_app, name="datasets")
+
+console = Console()
+err = Console(stderr=True)
+
+
+def _split(value: Optional[str]) -> Optional[list[str]]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _point(value: str):
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@app.command("run")
+def run_cmd(
+    experiment: Optional[Path] = typer.Argument(None, help="Experiment YAML (keys as the options below)."),
+    dataset: Optional[str] = typer.Option(None, help="Dataset card name or path [default: samples]."),
+    data_dir: Optional[str] = typer.Option(None, help="Folder holding the dataset's files."),
+    codec: Optional[str] = typer.Option(None, help="Comma list of codec card names or card paths [default: jpeg,webp]."),
+    points: Optional[str] = typer.Option(None, help="Comma list of rate points for every codec (else each card's)."),
+    metrics: Optional[str] = typer.Option(None, help="Comma list of metrics, or 'all' [default: psnr,ssim,ms_ssim,gmsd]."),
+    seeds: Optional[str] = typer.Option(None, help="Comma list of decoder seeds (stochastic codecs only)."),
+    out: Optional[str] = typer.Option(None, help="Run directory [default: runs/default]; re-running resumes it."),
+    workers: Optional[int] = typer.Option(None, help="Parallel worker processes [default: 1]."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda[:N] [default: cpu]."),
+    dtype: Optional[str] = typer.Option(None, help="float32, or float16 for learned codecs on GPU."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N images."),
+    plot: bool = typer.Option(True, help="Write rate–metric plots when done."),
+) -> None:
+    """Run (or resume) an experiment and print a per-point summary."""
+    from bench.runner import Experiment, ExperimentError, run
+
+    overrides = dict(dataset=dataset, data_dir=data_dir, codecs=_split(codec),
+                     points=[_point(p) for p in _split(points)] if points else None, metrics=_split(metrics),
+                     seeds=[int(s) for s in _split(seeds)] if seeds else None, out=out, workers=workers,
+                     device=device, dtype=dtype, limit=limit)
+    try:
+        exp = (Experiment.from_yaml(experiment, **overrides) if experiment
+               else Experiment(**{k: v for k, v in overrides.items() if v is not None}))
+    except (ExperimentError, TypeError) as exc:
+        _fail(str(exc))
+    if exp.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            _fail(f"--device {exp.device} asked for, but torch sees no CUDA device here; use --device cpu")
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=err, transient=False) as bar:
+        task = bar.add_task(f"{exp.dataset}", total=None)
+
+        def progress(desc: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        try:
+            result = run(exp, progress)
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted:[/] finished units are saved; run the same command again to resume.")
+            raise typer.Exit(130)
+        except (KeyError, ValueError, OSError) as exc:
+            _fail(str(exc))
+    _print_summary(result.out)
+    console.print(f"{result.units_coded} units coded, {result.units_skipped} reused, {result.metric_values} metric "
+                  f"values computed, in {result.seconds:.1f} s → {result.out}")
+    if plot:
+        from bench.figures import plot_run
+
+        files = plot_run(result.out)
+        if files:
+            console.print(f"plots: {result.out / 'plots'} ({len(files)} files)")
+    real = [p for p in result.problems if not p.startswith("note:")]
+    for p in result.problems:
+        err.print(("[yellow]" if p.startswith("note:") else "[red]problem:[/] ") + p, highlight=False,
+                  markup=p.startswith("note:") is False)
+    if real:
+        raise typer.Exit(1)
+
+
+def _print_summary(run_dir: Path) -> None:
+    from bench.store import read_table
+
+    df = read_table(run_dir, "per_set")
+    if df.empty:
+        console.print("no results yet")
+        return
+    wide = df.pivot_table(index=["codec", "point", "seed"], columns="metric", values="value", aggfunc="first")
+    bpp = df.groupby(["codec", "point", "seed"])["mean_bpp"].first()
+    wide.insert(0, "bpp", bpp)
+    wide = wide.reset_index().sort_values(["codec", "bpp"])
+    table = Table(title=f"{df['dataset'].iloc[0]} — mean over {int(df['n_images'].max())} images", show_lines=False)
+    for col in wide.columns:
+        table.add_column(str(col), justify="right" if col not in ("codec", "point") else "left")
+    for _, row in wide.iterrows():
+        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
+    console.print(table)
+
+
+@app.command("plot")
+def plot_cmd(run_dir: Path = typer.Argument(..., help="A run directory."),
+             out: Optional[Path] = typer.Option(None, help="Where to write plots [default: RUN/plots]."),
+             metrics: Optional[str] = typer.Option(None, help="Comma list of metrics [default: all in the run].")):
+    """Write one rate–metric plot per metric (PNG and SVG)."""
+    from bench.figures import plot_run
+    from bench.store import StoreError
+
+    try:
+        files = plot_run(run_dir, out, _split(metrics))
+    except StoreError as exc:
+        _fail(str(exc))
+    for f in files:
+        console.print(str(f))
+
+
+@app.command("summary")
+def summary_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")):
+    """Print a run's per-point table."""
+    from bench.store import StoreError
+
+    try:
+        _print_summary(run_dir)
+    except StoreError as exc:
+        _fail(str(exc))
+
+
+def _availability_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*r)
+    console.print(table)
+
+
+def _status(entry) -> str:
+    ok, why = entry.available()
+    return "[green]yes[/]" if ok else f"[red]no[/]: {why}"
+
+
+@codecs_app.command("list")
+def codecs_list():
+    """Codec cards, their adapters, rate points and whether they run here."""
+    rows = []
+    for name, card in sorted(cards.cards("codec").items()):
+        try:
+            entry = registry.get("codec", card.target)
+            status = _status(entry)
+        except KeyError as exc:
+            status = f"[red]no[/]: {exc}"
+        pts = ", ".join(map(str, card.get("points") or []))
+        rows.append([name, card.target, f"{card.get('point_name', 'quality')}: {pts}", card.get("colour", ""), status])
+    _availability_table("codecs", ["card", "adapter", "points", "colour contract", "available"], rows)
+    for e in registry.plugin_errors:
+        err.print(f"[red]{e}[/]")
+
+
+@metrics_app.command("list")
+def metrics_list():
+    """Metrics, their conventions and licences, and whether they run here."""
+    rows = []
+    for name, entry in sorted(registry.entries("metric").items()):
+        m = entry.obj
+        direction = "higher" if m.higher_better else "lower"
+        rows.append([name, getattr(m, "mode", ""), "yes" if getattr(m, "learned", False) else "no", direction,
+                     getattr(m, "convention", ""), _status(entry)])
+    _availability_table("metrics", ["metric", "ref", "learned", "better", "convention", "available"], rows)
+    licences = sorted({getattr(e.obj, "licence", "") for e in registry.entries("metric").values()} - {""})
+    for lic in licences:
+        console.print(f"licence: {lic}", highlight=False)
+
+
+@datasets_app.command("list")
+def datasets_list():
+    """Dataset cards, their protocols and whether their files are in their default place."""
+    from bench.data.loaders import open_dataset
+
+    rows = []
+    for name, card in sorted(cards.cards("dataset").items()):
+        try:
+            loader = open_dataset(card)
+            loader.check()
+            status = f"[green]yes[/] ({len(loader.items())} images in {loader.data_dir})"
+        except (OSError, KeyError) as exc:
+            status = "[red]no[/]: " + str(exc).splitlines()[0]
+        rows.append([name, card.target, str(card.get("count", "")), card.get("protocol", ""), status])
+    _availability_table("datasets", ["card", "loader", "count", "protocol", "available"], rows)
+
+
+@datasets_app.command("check")
+def datasets_check(name: str = typer.Argument(..., help="Dataset card name or path."),
+                   data_dir: Optional[str] = typer.Option(None, help="Folder holding the files [default: the card's]."),
+                   verify: bool = typer.Option(True, help="Decode every image and check its pixel sha256.")):
+    """Check that a dataset's files are present and (by default) are the right pixels."""
+    from bench.data.images import ImageError
+    from bench.data.loaders import open_dataset
+    from bench.runner import resolve_card
+
+    loader = open_dataset(resolve_card("dataset", name), data_dir)
+    try:
+        loader.check()
+    except OSError as exc:
+        _fail(str(exc), 1)
+    bad = []
+    if verify:
+        for item in loader.items():
+            try:
+                loader.load(item)
+            except ImageError as exc:
+                bad.append(str(exc))
+    for b in bad:
+        err.print(f"[red]bad:[/] {b}", highlight=False)
+    console.print(f"{name}: {len(loader.items()) - len(bad)} of {len(loader.items())} images OK in {loader.data_dir}")
+    if bad:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    from bench.cards import CardError
+
+    try:
+        app()
+    except (CardError, registry.UnknownNameError) as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()

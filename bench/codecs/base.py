@@ -1,0 +1,80 @@
+"""The codec adapter contract.
+
+An adapter turns an RGB image into bytes and those bytes, alone, back into an
+RGB image of the same size:
+
+    data = codec.encode(rgb, point, seed)   # rgb: uint8 (H, W, 3); -> bytes
+    recon = codec.decode(data, seed)        # -> uint8 (H, W, 3), same H, W
+
+* Everything the decoder needs (size, model id, caption, ...) must be inside
+  ``data``: the harness decodes in a fresh call with nothing else passed.
+* Rate is measured by the harness from ``len(data)``; an adapter never reports
+  its own rate. An adapter whose official code only estimates rate sets
+  ``rate_kind = "estimated"``.
+* Padding/cropping to a block size is the adapter's job and is undone on decode.
+* ``version`` is part of every result's resume key: bump it when a change to
+  the adapter changes its bytes or reconstructions.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+class CodecError(RuntimeError):
+    """An adapter failed on an input; the message says why and what to do."""
+
+
+class Codec:
+    """Base class of all codec adapters (see module docstring for the contract)."""
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    rate_kind: ClassVar[str] = "real"  # "real" (bytes on disk) or "estimated"
+    point_name: ClassVar[str] = "quality"  # what a rate point means for this adapter
+    default_points: ClassVar[tuple] = ()
+    stochastic: ClassVar[bool] = False  # True: decode(data, seed) depends on seed
+    description: ClassVar[str] = ""
+
+    def __init__(self, device: str = "cpu", **params: Any) -> None:
+        self.device = device
+        self.params = params
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        """``(True, "")`` if usable here, else ``(False, reason and remedy)``."""
+        return True, ""
+
+    def encode(self, rgb: np.ndarray, point: Any, seed: int = 0) -> bytes:
+        raise NotImplementedError(f"{type(self).__name__} must implement encode()")
+
+    def decode(self, data: bytes, seed: int = 0) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__} must implement decode()")
+
+    def bits_breakdown(self, data: bytes) -> dict[str, int] | None:
+        """Optional split of ``8*len(data)`` into payload / side / container bits."""
+        return None
+
+    def provenance(self) -> dict[str, Any]:
+        """What produced the bytes: library versions, binary paths and hashes."""
+        return {}
+
+
+def check_rgb(rgb: np.ndarray) -> None:
+    """Raise CodecError unless ``rgb`` is uint8 of shape (H, W, 3)."""
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        got = f"{getattr(rgb, 'dtype', type(rgb))} {getattr(rgb, 'shape', '')}"
+        raise CodecError(f"codecs take uint8 RGB arrays of shape (H, W, 3); got {got}")
+
+
+def check_recon(codec_name: str, original_shape: tuple, recon: np.ndarray) -> np.ndarray:
+    """Enforce the reconstruction contract; returns ``recon`` as contiguous uint8."""
+    if not isinstance(recon, np.ndarray) or recon.dtype != np.uint8:
+        raise CodecError(f"codec {codec_name!r} decoded to {type(recon)}/{getattr(recon, 'dtype', '?')}, not uint8")
+    if recon.shape != tuple(original_shape):
+        raise CodecError(
+            f"codec {codec_name!r} decoded an image of shape {recon.shape}, but the original is "
+            f"{tuple(original_shape)}: adapters must undo any padding or cropping on decode"
+        )
+    return np.ascontiguousarray(recon)

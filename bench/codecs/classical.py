@@ -1,0 +1,216 @@
+"""Classical anchors through in-process libraries: Pillow (JPEG, WebP, AVIF) and
+imagecodecs (JPEG XL). Each decodes with the same library from the bytes alone.
+"""
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+from PIL import Image, features
+
+from bench.codecs.base import Codec, CodecError, check_rgb
+from bench.registry import register
+
+_SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
+
+
+def _pillow_decode(data: bytes) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return np.asarray(img.convert("RGB"))
+    except Exception as exc:
+        raise CodecError(f"Pillow could not decode the stored bitstream ({len(data)} bytes): {exc}") from exc
+
+
+def _pillow_encode(rgb: np.ndarray, fmt: str, **options: Any) -> bytes:
+    check_rgb(rgb)
+    buf = io.BytesIO()
+    Image.fromarray(rgb, "RGB").save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
+def _check_quality(name: str, point: Any, lo: int = 0, hi: int = 100) -> int:
+    q = int(point)
+    if q != point or not lo <= q <= hi:
+        raise CodecError(f"{name}: rate point must be an integer quality in [{lo}, {hi}], got {point!r}")
+    return q
+
+
+def _pillow_provenance(feature: str | None = None) -> dict[str, Any]:
+    prov: dict[str, Any] = {"pillow": Image.__version__}
+    if feature:
+        prov[feature] = features.version(feature)
+    return prov
+
+
+def jpeg_segments(data: bytes) -> dict[str, int]:
+    """Split a baseline/progressive JPEG into header (markers) and entropy-coded bits.
+
+    Returns ``{"payload": bits, "side": bits, "container": bits}`` where payload is
+    the entropy-coded scan data, side the tables (DQT, DHT, SOF, SOS headers) and
+    container the SOI/EOI/APPn/COM segments.
+    """
+    side = container = payload = 0
+    i = 2  # SOI
+    container += 2
+    n = len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            raise ValueError("not a JPEG marker stream")
+        marker = data[i + 1]
+        if marker == 0xD9:  # EOI
+            container += 2
+            i += 2
+            break
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        seg = 2 + length
+        if 0xE0 <= marker <= 0xEF or marker == 0xFE:
+            container += seg
+        else:
+            side += seg
+        i += seg
+        if marker == 0xDA:  # SOS: entropy-coded data follows up to the next non-RST marker
+            j = i
+            while j + 1 < n:
+                if data[j] == 0xFF and data[j + 1] not in (0x00,) and not 0xD0 <= data[j + 1] <= 0xD7:
+                    break
+                j += 1
+            payload += j - i
+            i = j
+    payload += max(0, n - i)
+    return {"payload": 8 * payload, "side": 8 * side, "container": 8 * container}
+
+
+@register("codec", "pillow-jpeg")
+class PillowJPEG(Codec):
+    """JPEG (libjpeg via Pillow). ``subsampling``: "4:2:0" (Pillow's default) or "4:4:4"."""
+
+    name = "pillow-jpeg"
+    default_points = (10, 20, 30, 50, 70, 90)
+
+    def __init__(self, device: str = "cpu", subsampling: str = "4:2:0", optimize: bool = False, **params):
+        super().__init__(device, subsampling=subsampling, optimize=optimize, **params)
+        if subsampling not in _SUBSAMPLING:
+            raise CodecError(f"pillow-jpeg: subsampling must be one of {list(_SUBSAMPLING)}, got {subsampling!r}")
+        self.subsampling = _SUBSAMPLING[subsampling]
+        self.optimize = bool(optimize)
+
+    def encode(self, rgb, point, seed=0):
+        q = _check_quality(self.name, point, 1, 100)
+        return _pillow_encode(rgb, "JPEG", quality=q, subsampling=self.subsampling, optimize=self.optimize)
+
+    def decode(self, data, seed=0):
+        return _pillow_decode(data)
+
+    def bits_breakdown(self, data):
+        return jpeg_segments(data)
+
+    def provenance(self):
+        return _pillow_provenance("jpg")
+
+
+@register("codec", "pillow-webp")
+class PillowWebP(Codec):
+    """Lossy WebP (libwebp via Pillow, always 4:2:0). ``method``: 0 (fast) .. 6 (best)."""
+
+    name = "pillow-webp"
+    default_points = (10, 30, 50, 70, 90)
+
+    def __init__(self, device: str = "cpu", method: int = 6, **params):
+        super().__init__(device, method=method, **params)
+        self.method = int(method)
+
+    @classmethod
+    def available(cls):
+        return (True, "") if features.check("webp") else (False, "this Pillow build has no WebP support")
+
+    def encode(self, rgb, point, seed=0):
+        q = _check_quality(self.name, point)
+        return _pillow_encode(rgb, "WEBP", quality=q, method=self.method, lossless=False)
+
+    def decode(self, data, seed=0):
+        return _pillow_decode(data)
+
+    def provenance(self):
+        return _pillow_provenance("webp")
+
+
+@register("codec", "pillow-avif")
+class PillowAVIF(Codec):
+    """AVIF (libavif via Pillow >= 11.2). ``subsampling``: "4:2:0" or "4:4:4"; ``speed`` 0..10."""
+
+    name = "pillow-avif"
+    default_points = (20, 40, 60, 75, 90)
+
+    def __init__(self, device: str = "cpu", subsampling: str = "4:2:0", speed: int = 6, **params):
+        super().__init__(device, subsampling=subsampling, speed=speed, **params)
+        if subsampling not in ("4:2:0", "4:2:2", "4:4:4"):
+            raise CodecError(f"pillow-avif: unsupported subsampling {subsampling!r}")
+        self.subsampling = subsampling
+        self.speed = int(speed)
+
+    @classmethod
+    def available(cls):
+        if features.check("avif"):
+            return True, ""
+        return False, "this Pillow build has no AVIF support: install Pillow >= 11.2 wheels from PyPI"
+
+    def encode(self, rgb, point, seed=0):
+        q = _check_quality(self.name, point)
+        return _pillow_encode(rgb, "AVIF", quality=q, subsampling=self.subsampling, speed=self.speed)
+
+    def decode(self, data, seed=0):
+        return _pillow_decode(data)
+
+    def provenance(self):
+        return _pillow_provenance("avif")
+
+
+@register("codec", "imagecodecs-jxl")
+class ImagecodecsJXL(Codec):
+    """JPEG XL (libjxl via imagecodecs). Rate point = Butteraugli ``distance``
+    (0.5 high quality .. 15 very low); ``effort`` 1..9."""
+
+    name = "imagecodecs-jxl"
+    point_name = "distance"
+    default_points = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+    def __init__(self, device: str = "cpu", effort: int = 7, **params):
+        super().__init__(device, effort=effort, **params)
+        self.effort = int(effort)
+
+    @classmethod
+    def available(cls):
+        try:
+            import imagecodecs
+        except ImportError:
+            return False, "imagecodecs is not installed: pip install imagecodecs"
+        if not imagecodecs.JPEGXL.available:
+            return False, "this imagecodecs build has no JPEG XL support"
+        return True, ""
+
+    def encode(self, rgb, point, seed=0):
+        import imagecodecs
+
+        check_rgb(rgb)
+        distance = float(point)
+        if not 0.0 < distance <= 25.0:
+            raise CodecError(f"{self.name}: rate point is a distance in (0, 25], got {point!r}")
+        return bytes(imagecodecs.jpegxl_encode(rgb, distance=distance, effort=self.effort))
+
+    def decode(self, data, seed=0):
+        import imagecodecs
+
+        try:
+            out = np.asarray(imagecodecs.jpegxl_decode(data))
+        except Exception as exc:
+            raise CodecError(f"libjxl could not decode the stored bitstream: {exc}") from exc
+        if out.ndim == 2:
+            out = np.repeat(out[..., None], 3, axis=2)
+        return np.ascontiguousarray(out[..., :3].astype(np.uint8, copy=False))
+
+    def provenance(self):
+        import imagecodecs
+
+        return {"imagecodecs": imagecodecs.__version__, "libjxl": imagecodecs.jpegxl_version()}

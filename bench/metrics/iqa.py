@@ -1,0 +1,101 @@
+"""Per-image quality metrics through pyiqa: one default-config table.
+
+Every metric takes reconstruction and reference as float32 tensors
+(B, 3, H, W) in [0, 1], RGB, and returns one score per image (B,). Conventions
+(colour space, range, direction) are pyiqa's defaults for the metric name and
+are stated in ``convention`` so ``bench metrics list`` can show them.
+
+pyiqa is licensed PolyForm Noncommercial 1.0.0 (+ S-Lab non-commercial terms
+for some parts): results are fine to publish, but commercial use of the
+library is not allowed. ``LICENCE`` below is shown by ``bench metrics list``.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+from bench import registry
+
+PYIQA_LICENCE = "pyiqa: PolyForm Noncommercial 1.0.0 (+ S-Lab non-commercial)"
+
+
+class MetricError(ValueError):
+    """A metric that cannot score an input (e.g. image too small); says why."""
+
+
+@dataclass(frozen=True)
+class IQAMetric:
+    """A per-image metric backed by ``pyiqa.create_metric(pyiqa_name, **options)``."""
+
+    name: str
+    pyiqa_name: str
+    mode: str  # "FR" (full reference) or "NR" (no reference)
+    higher_better: bool
+    convention: str
+    learned: bool = False
+    min_side: int = 1  # smallest H and W the metric accepts
+    options: dict = field(default_factory=dict)
+    licence: str = PYIQA_LICENCE
+    weights: tuple[str, ...] = ()  # weight ids in bench.weights this metric needs
+
+    kind = "per_image"
+
+    def available(self) -> tuple[bool, str]:
+        import importlib.util
+
+        if importlib.util.find_spec("pyiqa") is None:
+            return False, "pyiqa is not installed: pip install 'pyiqa==0.1.16'"
+        return True, ""
+
+    def check_size(self, height: int, width: int) -> None:
+        if min(height, width) < self.min_side:
+            raise MetricError(f"{self.name} needs images at least {self.min_side}×{self.min_side} px "
+                              f"(got {width}×{height}); skip it for this dataset or use larger images")
+
+    def version(self) -> str:
+        """Part of the resume key: the backend and its version."""
+        import importlib.metadata as md
+
+        return f"pyiqa-{md.version('pyiqa')}:{self.pyiqa_name}:{sorted(self.options.items())}"
+
+    def build(self, device: str = "cpu") -> Callable:
+        """A scorer ``f(recon, ref) -> (B,)`` on ``device`` (torch tensors)."""
+        import torch
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pyiqa
+
+            model = pyiqa.create_metric(self.pyiqa_name, device=torch.device(device), as_loss=False, **self.options)
+        model.eval()
+
+        def score(recon, ref):
+            with torch.inference_mode():
+                out = model(recon) if self.mode == "NR" else model(recon, ref)
+            return out.reshape(-1).float()
+
+        return score
+
+
+_Y = "Y of YCbCr (BT.601), from RGB in [0,1]"
+NON_LEARNED_FR: tuple[IQAMetric, ...] = (
+    IQAMetric("psnr", "psnr", "FR", True, "RGB, data range 1 (8-bit values /255), dB; MSE over all channels"),
+    IQAMetric("ssim", "ssim", "FR", True, f"{_Y}; 11×11 Gaussian window, no downsampling"),
+    IQAMetric("ms_ssim", "ms_ssim", "FR", True, f"{_Y}; 5 scales, product form", min_side=161),
+    IQAMetric("cw_ssim", "cw_ssim", "FR", True, f"{_Y}; complex steerable pyramid, 4 levels × 8 orientations",
+              min_side=64),
+    IQAMetric("fsim", "fsim", "FR", True, "RGB (FSIMc, chromatic), [0,1]"),
+    IQAMetric("gmsd", "gmsd", "FR", False, f"{_Y}; gradient magnitude similarity deviation"),
+    IQAMetric("nlpd", "nlpd", "FR", False, f"{_Y}; normalised Laplacian pyramid distance"),
+    IQAMetric("vsi", "vsi", "FR", True, "RGB, [0,1]; visual-saliency induced index"),
+    IQAMetric("mad", "mad", "FR", False, "Y (grey) from RGB, [0,1]; most apparent distortion (slow: ~20 s per 768×512 pair on CPU)",
+              min_side=32),
+)
+
+for _m in NON_LEARNED_FR:
+    registry.add("metric", _m.name, _m)
+
+
+def non_learned_names() -> list[str]:
+    return [m.name for m in NON_LEARNED_FR]

@@ -1,0 +1,441 @@
+"""The one way to run an experiment: used by the CLI, the tests and CI alike.
+
+    from bench.runner import Experiment, run
+    result = run(Experiment(dataset="kodak", data_dir="...", codecs=["jpeg"], points=[10, 50],
+                            metrics=["psnr", "ms_ssim"], out="runs/kodak"))
+
+A unit of work is one image × codec card × rate point × seed: encode, store the
+bytes, decode from the stored bytes alone, store the reconstruction, then score
+it with every requested metric. Units already in the run directory (same
+content key) are skipped; metrics already computed (same metric version) are
+not recomputed. Problems with one image, unit or metric are collected and
+reported; they never abort the others.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from bench import cards, provenance, registry
+from bench.cards import Card
+from bench.codecs.base import Codec, CodecError, check_recon
+from bench.data.images import ImageError, read_rgb, write_png
+from bench.data.loaders import Item, Loader, Sample, open_dataset
+from bench.store import RunStore, UnitPaths, atomic_path, atomic_write_bytes, content_key, point_str
+
+DEFAULT_METRICS = ("psnr", "ssim", "ms_ssim", "gmsd")
+DEFAULT_CODECS = ("jpeg", "webp")
+
+
+class ExperimentError(ValueError):
+    """An experiment that cannot start (bad names, missing data, unusable codec)."""
+
+
+@dataclass
+class Experiment:
+    """What to run. ``codecs`` items are card names, card file paths, or
+    ``{"name": ..., "points": [...]}``; ``points`` overrides every codec's points.
+    ``seeds`` apply to stochastic codecs only (deterministic ones use seed 0)."""
+
+    dataset: str = "samples"
+    data_dir: str | None = None
+    codecs: list[Any] = field(default_factory=lambda: list(DEFAULT_CODECS))
+    points: list[Any] | None = None
+    metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
+    seeds: list[int] = field(default_factory=lambda: [0])
+    out: str = "runs/default"
+    workers: int = 1
+    device: str = "cpu"
+    dtype: str = "float32"
+    limit: int | None = None  # only the first N images (quick looks)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "Experiment":
+        """Load an experiment file (keys = the fields above); ``overrides`` that are not None win."""
+        try:
+            body = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ExperimentError(f"cannot read experiment file {path}: {exc}") from exc
+        unknown = set(body) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ExperimentError(f"{path}: unknown keys {sorted(unknown)}; valid: {sorted(cls.__dataclass_fields__)}")
+        body.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**body)
+
+
+@dataclass
+class CodecPlan:
+    card: Card
+    adapter: type[Codec]
+    points: list[Any]
+    seeds: list[int]
+
+
+@dataclass
+class UnitTask:
+    dataset: str
+    image_id: str
+    image_sha256: str
+    rgb: np.ndarray
+    card: Card
+    point: Any
+    seed: int
+    unit_key: str
+    paths: UnitPaths
+    need_codec: bool
+    metrics: list[str]
+    recon_path: Path | None = None
+    captions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunResult:
+    out: Path
+    run_id: str
+    units_total: int = 0
+    units_coded: int = 0
+    metric_values: int = 0
+    units_skipped: int = 0
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------------------- planning
+def resolve_card(kind: str, ref: str) -> Card:
+    if ref.endswith((".yaml", ".yml")) and Path(ref).is_file():
+        return cards.load_file(kind, ref)
+    return cards.get(kind, ref)
+
+
+def plan_codecs(exp: Experiment) -> list[CodecPlan]:
+    plans = []
+    for item in exp.codecs:
+        spec = item if isinstance(item, dict) else {"name": str(item)}
+        card = resolve_card("codec", spec["name"])
+        adapter = registry.get("codec", card.target).obj
+        ok, why = adapter.available()
+        if not ok:
+            raise ExperimentError(f"codec {card.name!r} (adapter {card.target}) is not available here: {why}")
+        points = spec.get("points") or exp.points or card.get("points") or list(adapter.default_points)
+        if not points:
+            raise ExperimentError(f"codec {card.name!r} has no rate points: give --points or put points: in its card")
+        seeds = list(exp.seeds) if adapter.stochastic else [0]
+        plans.append(CodecPlan(card, adapter, list(points), seeds))
+    return plans
+
+
+def build_codec(card: Card, device: str) -> Codec:
+    adapter = registry.get("codec", card.target).obj
+    try:
+        return adapter(device=device, **(card.get("params") or {}))
+    except TypeError as exc:
+        raise ExperimentError(f"codec card {card.name!r} ({card.path}): bad params for {card.target}: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------- work (any process)
+_worker_codecs: dict[str, Codec] = {}
+_worker_engine: dict[str, Any] = {}
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _codec(card: Card, device: str) -> Codec:
+    if card.hash not in _worker_codecs:
+        _worker_codecs[card.hash] = build_codec(card, device)
+    return _worker_codecs[card.hash]
+
+
+def _engine(names: list[str], device: str):
+    from bench.metrics.engine import MetricEngine
+
+    engine = _worker_engine.get(device)
+    if engine is None or not set(names) <= set(engine.names):
+        engine = MetricEngine(sorted(set(names) | set(engine.names if engine else ())), device)
+        _worker_engine[device] = engine
+    return engine
+
+
+def do_unit(task: UnitTask, device: str = "cpu") -> dict:
+    """Run one unit; returns {"unit": row or None, "metrics": {...}, "errors": [...]}."""
+    out: dict = {"unit_key": task.unit_key, "unit": None, "metrics": {}, "errors": []}
+    where = f"{task.card.name} @ {point_str(task.point)} on {task.image_id}"
+    if task.need_codec:
+        codec = _codec(task.card, device)
+        try:
+            t0 = time.perf_counter()
+            data = codec.encode(task.rgb, task.point, task.seed)
+            enc_s = time.perf_counter() - t0
+            atomic_write_bytes(task.paths.bitstream, data)
+            stored = task.paths.bitstream.read_bytes()  # decode from what is on disk, nothing else
+            t0 = time.perf_counter()
+            recon = codec.decode(stored, task.seed)
+            dec_s = time.perf_counter() - t0
+            recon = check_recon(task.card.name, task.rgb.shape, recon)
+        except (CodecError, OSError, ValueError) as exc:
+            out["errors"].append(f"{where}: {exc}")
+            return out
+        with atomic_path(task.paths.recon) as tmp:
+            write_png(recon, tmp)
+        h, w = task.rgb.shape[:2]
+        bits = 8 * len(stored)
+        out["unit"] = dict(
+            unit_key=task.unit_key, dataset=task.dataset, image_id=task.image_id, image_sha256=task.image_sha256,
+            codec=task.card.name, card_hash=task.card.hash, point=point_str(task.point), seed=task.seed,
+            height=h, width=w, bits=bits, bpp=bits / (h * w), rate_kind=codec.rate_kind, enc_s=enc_s, dec_s=dec_s,
+            breakdown=_json(codec.bits_breakdown(stored)), bitstream=str(task.paths.bitstream),
+            recon=str(task.paths.recon), bitstream_sha256=_sha256(stored))
+    else:
+        try:
+            recon, _ = read_rgb(task.recon_path)
+        except ImageError as exc:
+            out["errors"].append(f"{where}: stored reconstruction unreadable ({exc}); delete it to recompute")
+            return out
+    if task.metrics:
+        from bench.metrics.iqa import MetricError
+
+        scores = _engine(task.metrics, device).score(task.rgb, recon, task.metrics, task.captions)
+        for name, value in scores.items():
+            if isinstance(value, MetricError):
+                out["errors"].append(f"{where}: {value}")
+            else:
+                out["metrics"][name] = value
+    return out
+
+
+def _json(obj: Any) -> str | None:
+    import json
+
+    return None if obj is None else json.dumps(obj)
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------------------- orchestration
+class _Planner:
+    """Yields the tasks still to do, loading each image at most once."""
+
+    def __init__(self, exp: Experiment, store: RunStore, loader: Loader, plans: list[CodecPlan],
+                 metrics: list[str], result: RunResult) -> None:
+        from bench.metrics import iqa  # noqa: F401  (registers metric specs; no torch import)
+
+        self.exp, self.store, self.loader, self.plans, self.result = exp, store, loader, plans, result
+        self.metrics = metrics
+        self.specs = {m: registry.get("metric", m).obj for m in metrics}
+        self.versions = {m: self.specs[m].version() for m in metrics}
+        self.dataset = loader.card.name
+
+    def identity(self, item: Item) -> tuple[str, int, int, Sample | None]:
+        cached = self.store.cached_image(item.path)
+        if cached:
+            return (*cached, None)
+        sample = self.loader.load(item)
+        h, w = sample.rgb.shape[:2]
+        self.store.remember_image(item.path, sample.sha256, h, w)
+        return sample.sha256, h, w, sample
+
+    def tasks(self, items: list[Item]) -> Iterator[UnitTask]:
+        for item in items:
+            try:
+                sha, h, w, sample = self.identity(item)
+            except ImageError as exc:
+                self.result.problems.append(f"image {item.id}: {exc}")
+                self.result.units_skipped += sum(len(p.points) * len(p.seeds) for p in self.plans)
+                continue
+            if sample is not None and sample.notes:
+                self.result.problems.append(f"note: image {item.id}: {'; '.join(sample.notes)}")
+            usable = []
+            for m in self.metrics:
+                try:
+                    self.specs[m].check_size(h, w)
+                    usable.append(m)
+                except ValueError as exc:
+                    self.result.problems.append(f"image {item.id}: {exc}")
+            for plan in self.plans:
+                for point in plan.points:
+                    for seed in plan.seeds:
+                        task = self.task(item, sha, plan, point, seed, usable)
+                        if task is None:
+                            self.result.units_skipped += 1
+                            yield None
+                            continue
+                        if sample is None:
+                            try:
+                                sample = self.loader.load(item)
+                            except ImageError as exc:
+                                self.result.problems.append(f"image {item.id}: {exc}")
+                                break
+                        task.rgb, task.captions = sample.rgb, sample.captions
+                        yield task
+
+    def task(self, item: Item, sha: str, plan: CodecPlan, point: Any, seed: int,
+             metrics: list[str]) -> UnitTask | None:
+        key = content_key(image=sha, card=plan.card.hash, adapter=f"{plan.card.target}:{plan.adapter.version}",
+                          point=point_str(point), seed=seed)
+        done = self.store.unit_done(key)
+        have = self.store.metric_versions(key) if done else {}
+        todo = [m for m in metrics if have.get(m) != self.versions[m]]
+        if done and not todo:
+            return None
+        paths = self.store.unit_paths(self.dataset, plan.card.name, point_str(point), seed, item.id)
+        return UnitTask(self.dataset, item.id, sha, None, plan.card, point, seed, key, paths, not done, todo,
+                        self.store.recon_path(key) if done else None)
+
+
+def run(exp: Experiment, progress: Callable[[str, int, int], None] | None = None) -> RunResult:
+    """Run ``exp`` (resuming whatever ``exp.out`` already holds); returns counts and problems.
+
+    ``progress(description, done, total)`` is called as units finish (the CLI
+    draws a Rich progress bar with it)."""
+    from bench.metrics.engine import resolve, split_kinds
+
+    t_start = time.perf_counter()
+    if exp.workers < 1:
+        raise ExperimentError("--workers must be at least 1")
+    ds_card = resolve_card("dataset", exp.dataset)
+    loader = open_dataset(ds_card, exp.data_dir)
+    loader.check()
+    items = loader.items()[: exp.limit] if exp.limit else loader.items()
+    plans = plan_codecs(exp)
+    metrics, set_metrics = split_kinds(resolve(exp.metrics))
+    _check_weights(metrics + set_metrics)
+    store = RunStore(exp.out)
+    result = RunResult(Path(exp.out), store.run_id)
+    planner = _Planner(exp, store, loader, plans, metrics, result)
+    record = provenance.collect(exp.device, exp.dtype)
+    record["experiment"] = {k: getattr(exp, k) for k in exp.__dataclass_fields__}
+    record["dataset"] = {"card": ds_card.path, "card_hash": ds_card.hash, "data_dir": str(loader.data_dir),
+                         "n_images": len(items)}
+    record["codecs"] = {p.card.name: {"card": p.card.path, "card_hash": p.card.hash, "adapter": p.card.target,
+                                      "adapter_version": p.adapter.version, "points": p.points,
+                                      "provenance": build_codec(p.card, exp.device).provenance()} for p in plans}
+    record["metrics"] = {**planner.versions, **{m: registry.get("metric", m).obj.version() for m in set_metrics}}
+    total = len(items) * sum(len(p.points) * len(p.seeds) for p in plans)
+    result.units_total = total
+    finished = 0
+
+    def handle(res: dict) -> None:
+        nonlocal finished
+        finished += 1
+        if res["unit"]:
+            store.add_unit(res["unit"])
+            result.units_coded += 1
+        if res["metrics"]:
+            store.add_metrics(res["unit_key"], res["metrics"], planner.versions, exp.device)
+            result.metric_values += len(res["metrics"])
+        result.problems.extend(res["errors"])
+        if progress:
+            progress("units", finished, total)
+
+    try:
+        tasks = planner.tasks(items)
+        if exp.workers == 1:
+            for task in tasks:
+                handle(do_unit(task, exp.device) if task else _skipped(task))
+        else:
+            _run_pool(tasks, exp, handle)
+        if set_metrics:
+            run_set_metrics(store, loader, items, plans, set_metrics, exp.device, result, progress)
+    except KeyboardInterrupt:
+        result.problems.append("interrupted: finished units are saved; run the same command again to resume")
+        raise
+    finally:
+        store.export_tables()
+        result.seconds = time.perf_counter() - t_start
+        record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        record["summary"] = {"units_total": total, "units_coded": result.units_coded,
+                             "metric_values": result.metric_values, "problems": result.problems}
+        store.record_invocation(record)
+        store.close()
+    return result
+
+
+def _check_weights(names: list[str]) -> None:
+    """Fail fast, before any work, if a metric's weight files are missing."""
+    needed = [w for n in names for w in getattr(registry.get("metric", n).obj, "weights", ())]
+    if needed:
+        from bench import weights
+
+        weights.require(needed)
+
+
+def run_set_metrics(store: RunStore, loader: Loader, items: list[Item], plans: list[CodecPlan], names: list[str],
+                    device: str, result: RunResult, progress: Callable | None = None) -> None:
+    """Per-set metrics (FID, KID, mIoU, ...) for each codec point, from the stored reconstructions.
+
+    Set metric contract (registry kind "metric", ``kind = "per_set"``): ``available()``,
+    ``version()``, ``higher_better`` and ``compute_set(pairs, device, cache_dir)`` where
+    ``pairs`` is a list of ``(Sample, recon uint8 (H, W, 3))``; returns a dict with
+    ``value`` (float), ``n_images`` and optional ``extra`` (protocol, n_patches, ...).
+    A result is keyed by the unit keys of its images and the metric version.
+    """
+    from bench.store import content_key as key_of
+
+    specs = {n: registry.get("metric", n).obj for n in names}
+    dataset = loader.card.name
+    groups = [(p, pt, sd) for p in plans for pt in p.points for sd in p.seeds]
+    samples: dict[str, Sample] = {}
+    for i, (plan, point, seed) in enumerate(groups):
+        rows = store.db.execute("SELECT image_id, unit_key, recon FROM units WHERE dataset=? AND codec=? AND point=? "
+                                "AND seed=? ORDER BY image_id", (dataset, plan.card.name, point_str(point), seed))
+        done = {image_id: (key, recon) for image_id, key, recon in rows.fetchall()}
+        ids = [it for it in items if it.id in done]
+        if not ids:
+            continue
+        for name, spec in specs.items():
+            key = key_of(units=[done[it.id][0] for it in ids], metric=spec.version())
+            if store.set_metric_key(dataset, plan.card.name, point_str(point), seed, name) == key:
+                continue
+            try:
+                pairs = []
+                for it in ids:
+                    if it.id not in samples:
+                        samples[it.id] = loader.load(it)
+                    pairs.append((samples[it.id], read_rgb(store.root / done[it.id][1])[0]))
+                res = spec.compute_set(pairs, device=device, cache_dir=store.root / "cache")
+            except (ValueError, OSError, RuntimeError) as exc:
+                result.problems.append(f"{name} for {plan.card.name} @ {point_str(point)}: {exc}")
+                continue
+            store.add_set_metric(dataset, plan.card.name, point_str(point), seed, name, float(res["value"]),
+                                 int(res["n_images"]), key, res.get("extra"))
+        if progress:
+            progress("set metrics", i + 1, len(groups))
+
+
+def _skipped(_: None) -> dict:
+    return {"unit_key": None, "unit": None, "metrics": {}, "errors": []}
+
+
+def _run_pool(tasks: Iterator[UnitTask | None], exp: Experiment, handle: Callable[[dict], None]) -> None:
+    import multiprocessing as mp
+
+    threads = max(1, (os.cpu_count() or 1) // exp.workers)
+    with ProcessPoolExecutor(exp.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                             initargs=(threads,)) as pool:
+        pending = set()
+        for task in tasks:
+            if task is None:
+                handle(_skipped(task))
+                continue
+            pending.add(pool.submit(do_unit, task, exp.device))
+            if len(pending) >= 2 * exp.workers:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    handle(fut.result())
+        for fut in wait(pending).done:
+            handle(fut.result())

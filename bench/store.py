@@ -1,0 +1,281 @@
+"""The run directory: stored bitstreams and reconstructions, a ledger of finished
+work, parquet tables and a provenance manifest.
+
+Layout of a run directory::
+
+    manifest.json        run id + one provenance record per invocation
+    ledger.sqlite        finished units and metric values (the source of truth)
+    bitstreams/<dataset>/<codec>/<point>/s<seed>/<image_id>.bin
+    recon/<dataset>/<codec>/<point>/s<seed>/<image_id>.png
+    per_image.parquet    long format, exported from the ledger
+    per_set.parquet      per (codec, point, seed, metric): set means and set metrics
+
+Resume: a unit (image × codec point × seed) is keyed by the image's pixel
+sha256, the codec card's hash, the adapter version, the point and the seed; a
+metric value by the unit key and the metric's version. Each finished unit is
+committed to SQLite at once, so a killed run loses at most the units in flight.
+A unit recomputed under a new key replaces the old one (no duplicate rows).
+Files and tables are written to a temporary name and renamed (atomic).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+PER_IMAGE_COLUMNS = ["run_id", "dataset", "image_id", "codec", "point", "seed", "height", "width", "bits", "bpp",
+                     "rate_kind", "enc_s", "dec_s", "metric", "value"]
+PER_SET_COLUMNS = ["run_id", "dataset", "codec", "point", "seed", "metric", "value", "n_images", "aggregate",
+                   "mean_bpp"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS units (
+    unit_key TEXT PRIMARY KEY, dataset TEXT, image_id TEXT, image_sha256 TEXT, codec TEXT,
+    card_hash TEXT, point TEXT, seed INTEGER, height INTEGER, width INTEGER, bits INTEGER,
+    bpp REAL, rate_kind TEXT, enc_s REAL, dec_s REAL, breakdown TEXT, bitstream TEXT,
+    recon TEXT, bitstream_sha256 TEXT, finished_at REAL,
+    UNIQUE (dataset, image_id, codec, point, seed));
+CREATE TABLE IF NOT EXISTS metrics (
+    unit_key TEXT, metric TEXT, metric_version TEXT, value REAL, device TEXT, finished_at REAL,
+    PRIMARY KEY (unit_key, metric));
+CREATE TABLE IF NOT EXISTS set_metrics (
+    dataset TEXT, codec TEXT, point TEXT, seed INTEGER, metric TEXT, value REAL, n_images INTEGER,
+    extra TEXT, key TEXT, finished_at REAL,
+    PRIMARY KEY (dataset, codec, point, seed, metric));
+CREATE TABLE IF NOT EXISTS images (
+    path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha256 TEXT, height INTEGER, width INTEGER);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+class StoreError(OSError):
+    """The run directory cannot be used; says why."""
+
+
+def content_key(**parts: Any) -> str:
+    """sha256 of the canonical JSON of ``parts``: the resume key of a unit of work."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def point_str(point: Any) -> str:
+    """Canonical text of a rate point (10 -> "10", 0.5 -> "0.5", "hi" -> "hi")."""
+    if isinstance(point, float) and point.is_integer():
+        point = int(point)
+    return f"{point:g}" if isinstance(point, (int, float)) else str(point)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yields a temporary sibling path; renames it onto ``path`` if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class UnitPaths:
+    bitstream: Path
+    recon: Path
+
+
+class RunStore:
+    """A run directory (created if needed). Only one process writes the ledger."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise StoreError(f"cannot write to output directory {self.root}: {exc.strerror or exc}. "
+                             "Choose another --out directory or fix its permissions") from exc
+        self.db = sqlite3.connect(self.root / "ledger.sqlite", timeout=60)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+        self.db.commit()
+        self.run_id = self._state("run_id") or self._set_state("run_id", f"{self.root.name}-{uuid.uuid4().hex[:8]}")
+
+    # -- small key/value state ------------------------------------------------
+    def _state(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM state WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _set_state(self, key: str, value: str) -> str:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, value))
+        return value
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- paths -----------------------------------------------------------------
+    def unit_paths(self, dataset: str, codec: str, point: str, seed: int, image_id: str) -> UnitPaths:
+        rel = Path(dataset) / codec / point / f"s{seed}"
+        return UnitPaths(self.root / "bitstreams" / rel / f"{image_id}.bin", self.root / "recon" / rel / f"{image_id}.png")
+
+    # -- image identity cache --------------------------------------------------------
+    def cached_image(self, path: Path) -> tuple[str, int, int] | None:
+        """(pixel sha256, height, width) if ``path`` is unchanged since it was hashed."""
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        row = self.db.execute("SELECT size, mtime_ns, sha256, height, width FROM images WHERE path=?",
+                              (str(path.resolve()),)).fetchone()
+        if row and row[0] == st.st_size and row[1] == st.st_mtime_ns:
+            return row[2], row[3], row[4]
+        return None
+
+    def remember_image(self, path: Path, sha256: str, height: int, width: int) -> None:
+        st = path.stat()
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?)",
+                            (str(path.resolve()), st.st_size, st.st_mtime_ns, sha256, height, width))
+
+    # -- units -----------------------------------------------------------------
+    def unit_done(self, unit_key: str) -> bool:
+        row = self.db.execute("SELECT bitstream, recon FROM units WHERE unit_key=?", (unit_key,)).fetchone()
+        return bool(row) and (self.root / row[0]).is_file() and (self.root / row[1]).is_file()
+
+    def metric_versions(self, unit_key: str) -> dict[str, str]:
+        rows = self.db.execute("SELECT metric, metric_version FROM metrics WHERE unit_key=?", (unit_key,))
+        return dict(rows.fetchall())
+
+    def recon_path(self, unit_key: str) -> Path:
+        row = self.db.execute("SELECT recon FROM units WHERE unit_key=?", (unit_key,)).fetchone()
+        return self.root / row[0]
+
+    def add_unit(self, row: dict) -> None:
+        """Insert a finished unit; replaces (with its metrics) any unit at the same coordinates."""
+        with self.db:
+            old = self.db.execute(
+                "SELECT unit_key FROM units WHERE dataset=? AND image_id=? AND codec=? AND point=? AND seed=?",
+                (row["dataset"], row["image_id"], row["codec"], row["point"], row["seed"])).fetchall()
+            for (key,) in old:
+                if key != row["unit_key"]:
+                    self.db.execute("DELETE FROM metrics WHERE unit_key=?", (key,))
+            self.db.execute("DELETE FROM units WHERE dataset=? AND image_id=? AND codec=? AND point=? AND seed=?",
+                            (row["dataset"], row["image_id"], row["codec"], row["point"], row["seed"]))
+            for p in ("bitstream", "recon"):
+                row[p] = str(Path(row[p]).relative_to(self.root))
+            row.setdefault("finished_at", time.time())
+            cols = ", ".join(row)
+            self.db.execute(f"INSERT INTO units ({cols}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+        self._set_state("dirty", "1")
+
+    def add_metrics(self, unit_key: str, values: dict[str, float], versions: dict[str, str], device: str) -> None:
+        if not values:
+            return
+        now = time.time()
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?)",
+                                [(unit_key, m, versions[m], v, device, now) for m, v in values.items()])
+        self._set_state("dirty", "1")
+
+    def add_set_metric(self, dataset: str, codec: str, point: str, seed: int, metric: str, value: float,
+                       n_images: int, key: str, extra: dict | None = None) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO set_metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            (dataset, codec, point, seed, metric, value, n_images, json.dumps(extra or {}), key,
+                             time.time()))
+        self._set_state("dirty", "1")
+
+    def set_metric_key(self, dataset: str, codec: str, point: str, seed: int, metric: str) -> str | None:
+        row = self.db.execute("SELECT key FROM set_metrics WHERE dataset=? AND codec=? AND point=? AND seed=? "
+                              "AND metric=?", (dataset, codec, point, seed, metric)).fetchone()
+        return row[0] if row else None
+
+    # -- tables ------------------------------------------------------------------
+    def per_image_frame(self):
+        import pandas as pd
+
+        q = """SELECT u.dataset, u.image_id, u.codec, u.point, u.seed, u.height, u.width, u.bits, u.bpp,
+                      u.rate_kind, u.enc_s, u.dec_s, m.metric, m.value, u.image_sha256, u.card_hash,
+                      m.metric_version, u.breakdown
+               FROM units u JOIN metrics m ON m.unit_key = u.unit_key
+               ORDER BY u.dataset, u.codec, u.point, u.seed, u.image_id, m.metric"""
+        df = pd.read_sql_query(q, self.db)
+        df.insert(0, "run_id", self.run_id)
+        return df
+
+    def per_set_frame(self, per_image=None):
+        import pandas as pd
+
+        per_image = self.per_image_frame() if per_image is None else per_image
+        keys = ["dataset", "codec", "point", "seed"]
+        frames = []
+        if len(per_image):
+            means = (per_image.groupby(keys + ["metric"], sort=True)
+                     .agg(value=("value", "mean"), n_images=("image_id", "nunique"), mean_bpp=("bpp", "mean"))
+                     .reset_index())
+            means["aggregate"] = "mean"
+            frames.append(means)
+        sets = pd.read_sql_query("SELECT dataset, codec, point, seed, metric, value, n_images, extra FROM set_metrics",
+                                 self.db)
+        if len(sets):
+            units = pd.read_sql_query("SELECT dataset, codec, point, seed, AVG(bpp) AS mean_bpp FROM units "
+                                      "GROUP BY dataset, codec, point, seed", self.db)
+            sets = sets.merge(units, on=keys, how="left")
+            sets["aggregate"] = "set"
+            frames.append(sets)
+        if not frames:
+            return pd.DataFrame(columns=PER_SET_COLUMNS)
+        df = pd.concat(frames, ignore_index=True)
+        df.insert(0, "run_id", self.run_id)
+        return df
+
+    def export_tables(self, force: bool = False) -> bool:
+        """Write per_image.parquet and per_set.parquet atomically if the ledger changed."""
+        if not force and self._state("dirty") != "1" and (self.root / "per_image.parquet").exists():
+            return False
+        per_image = self.per_image_frame()
+        per_set = self.per_set_frame(per_image)
+        for name, df in (("per_image", per_image), ("per_set", per_set)):
+            with atomic_path(self.root / f"{name}.parquet") as tmp:
+                df.to_parquet(tmp, index=False)
+        self._set_state("dirty", "0")
+        return True
+
+    # -- manifest ------------------------------------------------------------------
+    def record_invocation(self, record: dict) -> None:
+        path = self.root / "manifest.json"
+        manifest = json.loads(path.read_text()) if path.exists() else {"run_id": self.run_id, "invocations": []}
+        manifest["invocations"].append(record)
+        atomic_write_bytes(path, json.dumps(manifest, indent=2, default=str).encode())
+
+
+def read_table(run_dir: str | Path, name: str):
+    """Load ``per_image`` or ``per_set`` of a run directory as a DataFrame."""
+    import pandas as pd
+
+    path = Path(run_dir) / f"{name}.parquet"
+    if not path.exists():
+        raise StoreError(f"{path} does not exist: is {run_dir} a finished bench run directory?")
+    return pd.read_parquet(path)
