@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Callable
@@ -20,12 +21,10 @@ from typing import Any, Callable
 KINDS = ("codec", "metric", "dataset")
 ENTRY_POINT_GROUPS = {kind: f"bench.{kind}s" for kind in KINDS}
 
-# Modules whose import registers the built-in entries of each kind.
-_BUILTIN_MODULES = {
-    "codec": ("bench.codecs.classical", "bench.codecs.cli_tools"),
-    "metric": ("bench.metrics.iqa",),
-    "dataset": ("bench.data.loaders",),
-}
+# Packages whose modules register the built-in entries of each kind. Every
+# module in them is imported on first use of that kind, so modules there must
+# keep heavy imports (torch, pyiqa, ...) inside functions.
+_BUILTIN_PACKAGES = {"codec": "bench.codecs", "metric": "bench.metrics", "dataset": "bench.data"}
 
 
 class UnknownNameError(KeyError):
@@ -82,8 +81,9 @@ def _load(kind: str) -> None:
     if kind in _loaded:
         return
     _loaded.add(kind)
-    for module in _BUILTIN_MODULES[kind]:
-        importlib.import_module(module)
+    package = importlib.import_module(_BUILTIN_PACKAGES[kind])
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{info.name}")
     for ep in entry_points(group=ENTRY_POINT_GROUPS[kind]):
         try:
             obj = ep.load()
