@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Iterable
 
 import numpy as np
-import torch
 
 from bench import registry
 from bench.metrics.iqa import MetricError
@@ -29,8 +28,10 @@ def resolve(names: Iterable[str] | str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def to_tensor(rgb: np.ndarray, device: str = "cpu") -> torch.Tensor:
+def to_tensor(rgb: np.ndarray, device: str = "cpu"):
     """uint8 (H, W, 3) -> float32 (1, 3, H, W) in [0, 1] on ``device``."""
+    import torch
+
     t = torch.from_numpy(np.array(rgb, dtype=np.uint8, copy=True)).to(device)
     return t.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
 
