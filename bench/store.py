@@ -249,7 +249,7 @@ class RunStore:
             return pd.DataFrame(columns=PER_SET_COLUMNS)
         df = pd.concat(frames, ignore_index=True)
         df.insert(0, "run_id", self.run_id)
-        return df
+        return df[PER_SET_COLUMNS + [c for c in df.columns if c not in PER_SET_COLUMNS]]
 
     def export_tables(self, force: bool = False) -> bool:
         """Write per_image.parquet and per_set.parquet atomically if the ledger changed."""

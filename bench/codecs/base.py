@@ -33,6 +33,7 @@ class Codec:
     version: ClassVar[str] = "1"
     rate_kind: ClassVar[str] = "real"  # "real" (bytes on disk) or "estimated"
     point_name: ClassVar[str] = "quality"  # what a rate point means for this adapter
+    higher_point_is_better: ClassVar[bool] = True  # False for distances/quantizers (bigger = fewer bits)
     default_points: ClassVar[tuple] = ()
     stochastic: ClassVar[bool] = False  # True: decode(data, seed) depends on seed
     description: ClassVar[str] = ""

@@ -174,6 +174,7 @@ class ImagecodecsJXL(Codec):
 
     name = "imagecodecs-jxl"
     point_name = "distance"
+    higher_point_is_better = False
     default_points = (0.5, 1.0, 2.0, 4.0, 8.0)
 
     def __init__(self, device: str = "cpu", effort: int = 7, **params):

@@ -15,6 +15,7 @@ class AvifEnc(SubprocessCodec):
 
     name = "avifenc"
     point_name = "quantizer"
+    higher_point_is_better = False
     default_points = (50, 40, 32, 24, 16)
     programs = {"encoder": "avifenc", "decoder": "avifdec"}
     install_hint = "Install it with `apt-get install libavif-bin`"
@@ -43,6 +44,7 @@ class CJXL(SubprocessCodec):
 
     name = "cjxl"
     point_name = "distance"
+    higher_point_is_better = False
     default_points = (0.5, 1.0, 2.0, 4.0, 8.0)
     programs = {"encoder": "cjxl", "decoder": "djxl"}
     install_hint = "Install it with `apt-get install libjxl-tools`"

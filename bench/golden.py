@@ -1,0 +1,120 @@
+"""Golden tables for CI regression on metric curves.
+
+The golden experiment is JPEG (4:2:0) and WebP at qualities 10, 50, 90 on the
+24 Kodak images with the nine non-learned full-reference metrics. MAD costs
+~20 s per 768×512 pair on CPU, so it is computed on ``MAD_IMAGES`` only.
+
+``results/golden/kodak_per_image.csv`` holds every (image, codec, point,
+metric) value and its bits; ``results/golden/kodak_per_point.csv`` the mean
+over images per point (what the plots draw). ``compare`` recomputes any subset
+and checks it against the golden rows within ``TOLERANCE``: bits must match
+exactly (same encoder build), metric values within rel 1e-4 or abs 1e-6 (float
+reductions differ slightly across CPUs).
+
+Regenerate (after an intended change): ``python -m bench.golden --write
+--data-dir ../shared/data/kodak`` (~15 min on 2 cores), and say why in the commit.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+from pathlib import Path
+
+from bench.runner import Experiment, run
+
+GOLDEN_DIR = Path(__file__).resolve().parent.parent / "results" / "golden"
+CODECS = ["jpeg", "webp"]
+POINTS = [10, 50, 90]
+METRICS = ["psnr", "ssim", "ms_ssim", "cw_ssim", "fsim", "gmsd", "nlpd", "vsi"]
+MAD_IMAGES = ["kodim01", "kodim12", "kodim19", "kodim23"]
+TOLERANCE = {"rel": 1e-4, "abs": 1e-6}
+KEYS = ["image_id", "codec", "point", "metric"]
+
+
+def compute(data_dir: str, out: str, images: list[str] | None = None, workers: int = 1, mad: bool = True):
+    """Run the golden experiment (optionally on ``images`` only) into ``out``; returns per_image rows."""
+    from bench.store import read_table
+
+    limit_ids = set(images) if images else None
+    exp = Experiment(dataset="kodak", data_dir=data_dir, codecs=CODECS, points=POINTS, metrics=METRICS, out=out,
+                     workers=workers)
+    _run_on(exp, limit_ids)
+    if mad:
+        mad_ids = set(MAD_IMAGES) & limit_ids if limit_ids else set(MAD_IMAGES)
+        if mad_ids:
+            _run_on(Experiment(**{**exp.__dict__, "metrics": ["mad"]}), mad_ids)
+    df = read_table(out, "per_image")
+    return df[["image_id", "codec", "point", "bits", "bpp", "metric", "value"]]
+
+
+def _run_on(exp: Experiment, ids: set[str] | None) -> None:
+    """Run ``exp`` restricted to image ids ``ids`` (through a filtered dataset card)."""
+    from bench import cards
+
+    card = cards.get("dataset", exp.dataset)
+    if ids is not None:
+        body = {**card.body, "images": [e for e in card.body["images"] if e["id"] in ids]}
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "kodak-subset.yaml"
+            import yaml
+
+            path.write_text(yaml.safe_dump({**body, "name": card.name}))
+            result = run(Experiment(**{**exp.__dict__, "dataset": str(path)}))
+    else:
+        result = run(exp)
+    real = [p for p in result.problems if not p.startswith("note:")]
+    if real:
+        raise RuntimeError("golden run had problems:\n" + "\n".join(real))
+
+
+def load():
+    import pandas as pd
+
+    return pd.read_csv(GOLDEN_DIR / "kodak_per_image.csv", dtype={"point": str})
+
+
+def compare(df, golden=None) -> list[str]:
+    """Differences between recomputed rows ``df`` and the golden rows (empty list = pass)."""
+    golden = load() if golden is None else golden
+    merged = df.astype({"point": str}).merge(golden, on=KEYS, how="left", suffixes=("", "_golden"))
+    problems = []
+    for row in merged.itertuples():
+        where = f"{row.codec} q{row.point} {row.image_id} {row.metric}"
+        if math.isnan(row.value_golden):
+            problems.append(f"{where}: not in the golden table")
+            continue
+        if row.bits != row.bits_golden:
+            problems.append(f"{where}: {row.bits} bits, golden {int(row.bits_golden)}")
+        if not math.isclose(row.value, row.value_golden, rel_tol=TOLERANCE["rel"], abs_tol=TOLERANCE["abs"]):
+            problems.append(f"{where}: {row.value:.6g}, golden {row.value_golden:.6g}")
+    return problems
+
+
+def per_point(df):
+    return (df.groupby(["codec", "point", "metric"])
+            .agg(mean_bpp=("bpp", "mean"), value=("value", "mean"), n_images=("image_id", "nunique"))
+            .reset_index())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak"))
+    ap.add_argument("--out", default="runs/golden")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--write", action="store_true", help="overwrite results/golden with the new values")
+    args = ap.parse_args()
+    df = compute(args.data_dir, args.out, workers=args.workers)
+    if args.write:
+        GOLDEN_DIR.mkdir(parents=True, exist_ok=True)
+        df.sort_values(KEYS).to_csv(GOLDEN_DIR / "kodak_per_image.csv", index=False, float_format="%.9g")
+        per_point(df).to_csv(GOLDEN_DIR / "kodak_per_point.csv", index=False, float_format="%.9g")
+        print(f"wrote {GOLDEN_DIR}")
+    else:
+        problems = compare(df)
+        print("\n".join(problems) or "matches the golden table")
+        raise SystemExit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+    main()
