@@ -38,7 +38,7 @@ def _point(value: str):
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -90,8 +90,8 @@ def run_cmd(
         except (KeyError, ValueError, OSError) as exc:
             _fail(str(exc))
     _print_summary(result.out)
-    console.print(f"{result.units_coded} units coded, {result.units_skipped} reused, {result.metric_values} metric "
-                  f"values computed, in {result.seconds:.1f} s → {result.out}")
+    console.print(f"{result.units_coded} units coded, {result.units_skipped} reused, {result.units_failed} failed, "
+                  f"{result.metric_values} metric values computed, in {result.seconds:.1f} s → {result.out}")
     if plot:
         from bench.figures import plot_run
 
@@ -100,8 +100,8 @@ def run_cmd(
             console.print(f"plots: {result.out / 'plots'} ({len(files)} files)")
     real = [p for p in result.problems if not p.startswith("note:")]
     for p in result.problems:
-        err.print(("[yellow]" if p.startswith("note:") else "[red]problem:[/] ") + p, highlight=False,
-                  markup=p.startswith("note:") is False)
+        label = "" if p.startswith("note:") else "problem: "
+        err.print(label + p, style="yellow" if label == "" else "red", highlight=False, markup=False, soft_wrap=True)
     if real:
         raise typer.Exit(1)
 
@@ -249,7 +249,7 @@ def main() -> None:
     try:
         app()
     except (CardError, registry.UnknownNameError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise SystemExit(2)
 
 

@@ -103,7 +103,8 @@ class RunResult:
     units_total: int = 0
     units_coded: int = 0
     metric_values: int = 0
-    units_skipped: int = 0
+    units_skipped: int = 0  # already done: reused
+    units_failed: int = 0
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -185,6 +186,7 @@ def do_unit(task: UnitTask, device: str = "cpu") -> dict:
             recon = check_recon(task.card.name, task.rgb.shape, recon)
         except (CodecError, OSError, ValueError) as exc:
             out["errors"].append(f"{where}: {exc}")
+            out["failed"] = True
             return out
         with atomic_path(task.paths.recon) as tmp:
             write_png(recon, tmp)
@@ -255,7 +257,7 @@ class _Planner:
                 sha, h, w, sample = self.identity(item)
             except ImageError as exc:
                 self.result.problems.append(f"image {item.id}: {exc}")
-                self.result.units_skipped += sum(len(p.points) * len(p.seeds) for p in self.plans)
+                self.result.units_failed += sum(len(p.points) * len(p.seeds) for p in self.plans)
                 continue
             if sample is not None and sample.notes:
                 self.result.problems.append(f"note: image {item.id}: {'; '.join(sample.notes)}")
@@ -335,6 +337,8 @@ def run(exp: Experiment, progress: Callable[[str, int, int], None] | None = None
         if res["unit"]:
             store.add_unit(res["unit"])
             result.units_coded += 1
+        elif res.get("failed"):
+            result.units_failed += 1
         if res["metrics"]:
             store.add_metrics(res["unit_key"], res["metrics"], planner.versions, exp.device)
             result.metric_values += len(res["metrics"])
