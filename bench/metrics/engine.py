@@ -15,11 +15,13 @@ from bench.metrics.iqa import MetricError
 
 def resolve(names: Iterable[str] | str) -> list[str]:
     """Expand a comma list / iterable of metric names ('all' = every registered
-    per-image metric); raises UnknownNameError for a name that is not registered."""
+    metric, 'none' = codec work only); raises UnknownNameError for an unknown name."""
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     out: list[str] = []
     for name in names:
+        if name == "none":
+            continue
         if name == "all":
             out += list(registry.entries("metric"))
         else:

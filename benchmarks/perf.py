@@ -1,0 +1,114 @@
+"""Speed benchmarks of the harness (not tests): prints ratios against targets.
+
+1. overhead: ``bench run`` scoring stored reconstructions vs a plain script that
+   calls pyiqa on the same image pairs (both whole processes)  — target ≤ 1.10×
+2. resume:   re-running a finished run vs the first run                   — target ≤ 2 %
+3. workers:  first run with ``--workers 2`` vs ``--workers 1`` (speed-up)  — target ≥ 1.7×
+
+Each figure is the median over ``--repeat`` runs of a whole process (wall clock).
+Usage: ``python benchmarks/perf.py [--data-dir ../shared/data/kodak] [--repeat 3]``
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = [sys.executable, "-m", "bench.cli"]
+METRICS = "psnr,ssim,ms_ssim,gmsd"
+
+DIRECT = """
+import sys, warnings, numpy as np, torch, pyiqa
+from PIL import Image
+warnings.filterwarnings("ignore")
+names, pairs = sys.argv[1].split(","), sys.argv[2:]
+models = {{n: pyiqa.create_metric(n, device="cpu", as_loss=False) for n in names}}
+t = lambda p: torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)[None].float() / 255
+with torch.inference_mode():
+    for ref, rec in zip(pairs[::2], pairs[1::2]):
+        x, y = t(ref), t(rec)
+        scores = {{n: float(m(y, x)) for n, m in models.items()}}
+"""
+
+
+def timed(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")
+    return time.perf_counter() - t0
+
+
+def median_of(repeat: int, make_cmd, before=None) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(repeat):
+        if before:
+            before()
+        times.append(timed(make_cmd()))
+    return statistics.median(times), times
+
+
+def run_args(data_dir: str, out: Path, limit: int, points: str, metrics: str, workers: int = 1) -> list[str]:
+    return [*BENCH, "run", "--dataset", "kodak", "--data-dir", data_dir, "--codec", "jpeg", "--points", points,
+            "--metrics", metrics, "--out", str(out), "--limit", str(limit), "--workers", str(workers), "--no-plot"]
+
+
+def report(name: str, ratio: float, target: str, ok: bool, detail: str) -> None:
+    print(f"{name:<9} {ratio:8.3f}   target {target:<7} {'met' if ok else 'MISSED'}   ({detail})", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "kodak"))
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--images", type=int, default=8, help="Kodak images used by each figure")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-perf-"))
+    print(f"python {sys.version.split()[0]}; {args.images} Kodak images; median of {args.repeat} runs\n")
+
+    # 1. overhead: codec work done once; each timed run scores the same stored pairs from scratch.
+    prepared = tmp / "prepared"
+    timed(run_args(args.data_dir, prepared, args.images, "30", "none"))
+    pairs = []
+    for i in range(1, args.images + 1):
+        pairs += [f"{args.data_dir}/kodim{i:02d}.png", str(prepared / f"recon/kodak/jpeg/30/s0/kodim{i:02d}.png")]
+    scoring = tmp / "scoring"
+
+    def fresh_copy():
+        shutil.rmtree(scoring, ignore_errors=True)
+        shutil.copytree(prepared, scoring)
+
+    harness, h_all = median_of(args.repeat, lambda: run_args(args.data_dir, scoring, args.images, "30", METRICS),
+                               fresh_copy)
+    direct, d_all = median_of(args.repeat, lambda: [sys.executable, "-c", DIRECT.format(), METRICS, *pairs])
+    report("overhead", harness / direct, "≤ 1.10", harness / direct <= 1.10,
+           f"bench {harness:.2f} s vs pyiqa loop {direct:.2f} s for {args.images} pairs × {METRICS}")
+
+    # 2. resume: a finished run re-run with the same command.
+    resumed = tmp / "resume"
+    first = timed(run_args(args.data_dir, resumed, args.images, "10,50,90", METRICS))
+    again, a_all = median_of(args.repeat, lambda: run_args(args.data_dir, resumed, args.images, "10,50,90", METRICS))
+    report("resume", again / first, "≤ 0.02", again / first <= 0.02,
+           f"re-run {again:.2f} s vs first run {first:.2f} s, {3 * args.images} units")
+
+    # 3. workers: the same fresh run with 1 and 2 worker processes.
+    def fresh(n):
+        out = tmp / f"w{n}"
+        return lambda: shutil.rmtree(out, ignore_errors=True), lambda: run_args(args.data_dir, out, args.images,
+                                                                                "10,50,90", METRICS, n)
+    clear1, cmd1 = fresh(1)
+    clear2, cmd2 = fresh(2)
+    one, _ = median_of(args.repeat, cmd1, clear1)
+    two, _ = median_of(args.repeat, cmd2, clear2)
+    report("workers", one / two, "≥ 1.7", one / two >= 1.7, f"1 worker {one:.2f} s vs 2 workers {two:.2f} s")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
