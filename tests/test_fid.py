@@ -16,10 +16,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("cleanfid")
 
-from bench import registry  # noqa: E402
-from bench.data.images import pixel_sha256, read_rgb  # noqa: E402
-from bench.data.loaders import Sample  # noqa: E402
-from bench.metrics import fid  # noqa: E402
+from bench import registry
+from bench.data.images import pixel_sha256, read_rgb
+from bench.data.loaders import Sample
+from bench.metrics import fid
 
 KODAK = Path("/work/shared/data/kodak")
 needs_kodak = pytest.mark.skipif(not (KODAK / "kodim01.png").is_file(), reason="Kodak images not present")

@@ -76,9 +76,10 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -401,15 +402,16 @@ class CleanFIDMetric:
         from bench.data.images import pixel_sha256
 
         pairs = list(pairs)
-        if len(pairs) < (1 if self.protocol != "full" else 2):
-            raise ValueError(f"{self.name} needs at least 2 images (got {len(pairs)})")
+        least = 2 if self.protocol == "full" else 1
+        if len(pairs) < least:
+            raise ValueError(f"{self.name} needs at least {least} image(s) (got {len(pairs)})")
         for sample, recon in pairs:
             if np.shape(recon) != sample.rgb.shape:
                 raise ValueError(f"{self.name}: image {sample.id}: reconstruction {np.shape(recon)} and reference "
                                  f"{sample.rgb.shape} differ in shape")
         extractor = feature_extractor(device)
-        kw = dict(protocol=self.protocol, extractor=extractor, device=device, cache_dir=cache_dir,
-                  batch_size=self.batch_size)
+        kw = {"protocol": self.protocol, "extractor": extractor, "device": device, "cache_dir": cache_dir,
+              "batch_size": self.batch_size}
         ref = np.concatenate(compute_features(((s.sha256, s.rgb) for s, _ in pairs), **kw))
         rec = np.concatenate(compute_features(((pixel_sha256(r), r) for _, r in pairs), **kw))
         if len(ref) < 2:
@@ -423,7 +425,7 @@ class CleanFIDMetric:
                  "n_images": len(pairs), "feature_extractor": extractor.id, "feature_dim": int(ref.shape[1]),
                  "resizer": resizer_id(), "clean_fid": _cleanfid_version()}
         if self.protocol != "full":
-            extra["n_patches"] = int(len(ref))
+            extra["n_patches"] = len(ref)
             extra["patch_size"] = PATCH
         if self.statistic == "fid" and len(ref) <= ref.shape[1]:
             extra["rank_note"] = (f"{len(ref)} samples <= {ref.shape[1]} feature dims: covariances are "
