@@ -33,8 +33,8 @@ from typing import Any, Iterator
 
 PER_IMAGE_COLUMNS = ["run_id", "dataset", "image_id", "codec", "point", "seed", "height", "width", "bits", "bpp",
                      "rate_kind", "enc_s", "dec_s", "metric", "value"]
-PER_SET_COLUMNS = ["run_id", "dataset", "codec", "point", "seed", "metric", "value", "n_images", "aggregate",
-                   "mean_bpp"]
+PER_SET_COLUMNS = ["run_id", "dataset", "codec", "point", "seed", "metric", "value", "n_images", "n_patches",
+                   "aggregate", "mean_bpp"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS units (
@@ -244,11 +244,15 @@ class RunStore:
                                       "GROUP BY dataset, codec, point, seed", self.db)
             sets = sets.merge(units, on=keys, how="left")
             sets["aggregate"] = "set"
+            sets["n_patches"] = [json.loads(e or "{}").get("n_patches") for e in sets["extra"]]
             frames.append(sets)
         if not frames:
             return pd.DataFrame(columns=PER_SET_COLUMNS)
         df = pd.concat(frames, ignore_index=True)
         df.insert(0, "run_id", self.run_id)
+        if "n_patches" not in df:
+            df["n_patches"] = None
+        df["n_patches"] = df["n_patches"].astype("Int64")
         return df[PER_SET_COLUMNS + [c for c in df.columns if c not in PER_SET_COLUMNS]]
 
     def export_tables(self, force: bool = False) -> bool:
