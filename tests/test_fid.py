@@ -396,6 +396,7 @@ def test_runner_writes_fid_patch_set_row(tmp_path, extractor):
 
     extra = json.loads(row["extra"].iloc[0])
     assert extra["n_patches"] == 12 and extra["protocol"] == "cdc-256"
+    assert int(row["n_patches"].iloc[0]) == 12  # lifted into its own per_set column
     rows = extractor.rows
     assert rows == 24  # 2 references + 2 reconstructions, 6 patches each
     # resume: a second run computes nothing new
