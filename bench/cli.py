@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bench import cards, registry
+from bench.cli_weights import weights_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Evaluate image codecs: rate from stored "
                   "bytes, reconstructions decoded from bytes alone, many metrics, resumable runs.")
@@ -19,6 +20,7 @@ datasets_app = typer.Typer(no_args_is_help=True, help="Dataset cards.")
 app.add_typer(codecs_app, name="codecs")
 app.add_typer(metrics_app, name="metrics")
 app.add_typer(datasets_app, name="datasets")
+app.add_typer(weights_app, name="weights")
 
 console = Console()
 err = Console(stderr=True)

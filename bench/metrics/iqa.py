@@ -38,6 +38,10 @@ class IQAMetric:
     options: dict = field(default_factory=dict)
     licence: str = PYIQA_LICENCE
     weights: tuple[str, ...] = ()  # weight ids in bench.weights this metric needs
+    # Memory rule for large images: None = always the whole image; N = an image with a side
+    # longer than N px is scored on near-equal non-overlapping tiles of at most N×N px (see
+    # tiles()) and the tile scores are averaged weighted by tile area. Part of version().
+    tile: int | None = None
 
     kind = "per_image"
 
@@ -57,7 +61,8 @@ class IQAMetric:
         """Part of the resume key: the backend and its version."""
         import importlib.metadata as md
 
-        return f"pyiqa-{md.version('pyiqa')}:{self.pyiqa_name}:{sorted(self.options.items())}"
+        tiling = f":tile={self.tile}" if self.tile else ""
+        return f"pyiqa-{md.version('pyiqa')}:{self.pyiqa_name}:{sorted(self.options.items())}{tiling}"
 
     def build(self, device: str = "cpu") -> Callable:
         """A scorer ``f(recon, ref) -> (B,)`` on ``device`` (torch tensors)."""
@@ -70,12 +75,41 @@ class IQAMetric:
             model = pyiqa.create_metric(self.pyiqa_name, device=torch.device(device), as_loss=False, **self.options)
         model.eval()
 
-        def score(recon, ref):
-            with torch.inference_mode():
-                out = model(recon) if self.mode == "NR" else model(recon, ref)
+        def one(recon, ref):
+            out = model(recon) if self.mode == "NR" else model(recon, ref)
             return out.reshape(-1).float()
 
+        def score(recon, ref):
+            with torch.inference_mode():
+                return tiled(one, recon, ref, self.tile)
+
         return score
+
+
+def tiles(height: int, width: int, tile: int | None) -> list[tuple[int, int, int, int]]:
+    """The tiling rule: ``(top, bottom, left, right)`` boxes covering the image without
+    overlap. A side of length L > tile is cut into n = ceil(L / tile) near-equal parts
+    (boundaries at round(i·L/n)), so no tile is a thin sliver; with ``tile`` None or an
+    image within tile×tile, the one box is the whole image."""
+    def cuts(length: int) -> list[int]:
+        n = 1 if not tile or length <= tile else -(-length // tile)
+        return [round(i * length / n) for i in range(n + 1)]
+
+    rows, cols = cuts(height), cuts(width)
+    return [(t, b, l, r) for t, b in zip(rows, rows[1:]) for l, r in zip(cols, cols[1:])]
+
+
+def tiled(fn: Callable, recon, ref, tile: int | None):
+    """``fn(recon, ref) -> (B,)`` on the whole batch, or its tile-area-weighted mean over
+    :func:`tiles` when the image is larger than ``tile`` (same boxes for every image)."""
+    h, w = recon.shape[-2:]
+    boxes = tiles(h, w, tile)
+    if len(boxes) == 1:
+        return fn(recon, ref)
+    total = 0.0
+    for t, b, l, r in boxes:
+        total = total + fn(recon[..., t:b, l:r], ref[..., t:b, l:r]) * ((b - t) * (r - l))
+    return total / float(h * w)
 
 
 _Y = "Y of YCbCr (BT.601), from RGB in [0,1]"
@@ -89,8 +123,10 @@ NON_LEARNED_FR: tuple[IQAMetric, ...] = (
     IQAMetric("gmsd", "gmsd", "FR", False, f"{_Y}; gradient magnitude similarity deviation"),
     IQAMetric("nlpd", "nlpd", "FR", False, f"{_Y}; normalised Laplacian pyramid distance"),
     IQAMetric("vsi", "vsi", "FR", True, "RGB, [0,1]; visual-saliency induced index"),
-    IQAMetric("mad", "mad", "FR", False, "Y (grey) from RGB, [0,1]; most apparent distortion (slow: ~20 s per 768×512 pair on CPU)",
-              min_side=32),
+    IQAMetric("mad", "mad", "FR", False, "Y (grey) from RGB, [0,1]; most apparent distortion (slow: ~20 s per 768×512 pair "
+              "on CPU, ~2.6 GB RAM, growing with area); images with a side > 768 px are scored on near-equal tiles "
+              "≤ 768×768, area-weighted mean (every paper dataset, ≤ 768 px, is scored whole)",
+              min_side=32, tile=768),
 )
 
 for _m in NON_LEARNED_FR:
