@@ -1,0 +1,205 @@
+"""mIoU: semantic preservation of a set of reconstructions (PerCo Sec. 4.1).
+
+Each reconstruction is segmented by a pretrained semantic segmenter
+(``bench.metrics.segmenters``: mmsegmentation's DeepLabV3 COCO-Stuff-164k
+when mmcv's ops and its checkpoint are in place, else transformers'
+Mask2Former COCO-panoptic) and compared with the image's ground-truth label map
+(``Sample.label_map``, from the COCO loader):
+
+* label space: COCO thing category ids (1..90) + 0 = background (no thing:
+  stuff or nothing), 255 = ignore. The segmenter's labels are mapped into it by
+  name (segmenters module doc): its 80 thing classes to their COCO ids, every
+  stuff/other class to 0;
+* pixels whose ground truth is 255 are ignored (neither TP, FP nor FN);
+* background (0) is a class like the others: COCO's instance annotations are
+  exhaustive for the 80 things, so a thing predicted on a background pixel is a
+  false positive and counts in that class's union (as in PASCAL VOC's mIoU);
+* per class c: intersection and union accumulated over *all images of the set*
+  (one confusion matrix), IoU_c = I_c / U_c; mIoU = mean of IoU_c over the
+  classes with U_c > 0 (present in the ground truth or the predictions), ×100;
+* images without a label map (e.g. coco-mini's 142238 and 439180) are skipped
+  and counted in ``extra``; a set where no image has one is an error.
+
+PerCo used ViT-Adapter on COCO-Stuff-164k (171 classes: things + stuff) at
+512×512; bench's default ground truth has things only (stuff is not in the
+instance annotations) and images at native size, so its numbers are not the
+paper's. ``extra`` of each row names the segmenter (backend, model id, label
+mapping) that produced it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from bench import registry
+from bench.data.coco import IGNORE, LABEL_SPACE
+from bench.metrics import segmenters
+
+
+class IoUAccumulator:
+    """Class-wise intersection/union over many label maps (torchmetrics-like).
+
+    ``update(pred, target)`` with integer arrays of one shape (values in
+    ``0..num_classes-1``); ``compute()`` -> ``{"miou", "iou", "intersection",
+    "union", "classes"}`` with ``miou`` in [0, 1] (nan if no class is present)
+    and per-class dicts for the present classes. ``ignore_index`` pixels of the
+    target are dropped; it is never a class.
+    """
+
+    def __init__(self, num_classes: int = 256, ignore_index: int | None = IGNORE) -> None:
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.reset()
+
+    def reset(self) -> None:
+        self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)  # [target, pred]
+        self.n_updates = 0
+
+    def update(self, pred: np.ndarray, target: np.ndarray) -> None:
+        pred = np.asarray(pred)
+        target = np.asarray(target)
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction {pred.shape} and target {target.shape} differ in shape")
+        keep = target != self.ignore_index if self.ignore_index is not None else np.ones(target.shape, bool)
+        t = target[keep].astype(np.int64)
+        p = pred[keep].astype(np.int64)
+        for name, a in (("target", t), ("prediction", p)):
+            if a.size and (a.min() < 0 or a.max() >= self.num_classes):
+                raise ValueError(f"{name} labels outside 0..{self.num_classes - 1}")
+        n = self.num_classes
+        self.confusion += np.bincount(t * n + p, minlength=n * n).reshape(n, n)
+        self.n_updates += 1
+
+    def compute(self) -> dict:
+        inter = np.diag(self.confusion)
+        union = self.confusion.sum(0) + self.confusion.sum(1) - inter
+        present = union > 0
+        if self.ignore_index is not None and 0 <= self.ignore_index < self.num_classes:
+            present[self.ignore_index] = False
+        classes = np.flatnonzero(present)
+        iou = inter[classes] / union[classes]
+        return {
+            "miou": float(iou.mean()) if classes.size else float("nan"),
+            "iou": {int(c): float(v) for c, v in zip(classes, iou)},
+            "intersection": {int(c): int(inter[c]) for c in classes},
+            "union": {int(c): int(union[c]) for c in classes},
+            "classes": [int(c) for c in classes],
+        }
+
+
+class MIoU:
+    """Set metric ``miou`` (see module doc); ``backend``: auto | transformers | mmseg."""
+
+    kind = "per_set"
+    higher_better = True
+    learned = True
+    mode = "FR"
+
+    def __init__(self, name: str = "miou", backend: str = "auto", model: str = segmenters.DEFAULT_MODEL,
+                 model_dir=None, min_things: int = 60) -> None:
+        self.name = name
+        self.backend = backend
+        self.model = model
+        self.model_dir = model_dir
+        self.min_things = min_things
+        self._segmenters: dict = {}
+        self.convention = ("segment recon, map model labels to COCO thing ids by name (stuff -> 0 background); "
+                           "IoU per class over the whole set (0 = background is a class, 255 ignored); "
+                           "mean over present classes, ×100")
+
+    @property
+    def weights(self) -> tuple[str, ...]:
+        """bench.weights ids to check before a run: the mmseg checkpoint when that backend runs
+        from bench.weights; the transformers model's entry if bench.weights has one and no local
+        directory overrides it."""
+        import os
+
+        backend = segmenters.resolve_backend(self.backend)
+        if backend == "mmseg":
+            return () if os.environ.get("BENCH_MMSEG_CHECKPOINT") else (segmenters.MMSEG_WEIGHT_ID,)
+        if self.model_dir or os.environ.get("BENCH_MIOU_MODEL_DIR"):
+            return ()
+        wid = segmenters.WEIGHT_IDS.get(self.model)
+        if not wid:
+            return ()
+        try:
+            from bench import weights
+
+            weights.path(wid)
+        except FileNotFoundError:
+            return (wid,)  # known but missing: require() will say where to put it
+        except (ImportError, KeyError):
+            return ()  # no such entry (or no registry): the segmenter's own error explains
+        return (wid,)
+
+    def available(self) -> tuple[bool, str]:
+        import importlib.util
+
+        backend = segmenters.resolve_backend(self.backend)
+        if backend == "mmseg":
+            ok, why = segmenters.mmseg_available()
+            if not ok:
+                return ok, why
+            config, checkpoint, _ = segmenters.mmseg_files()
+            for what, p in (("config", config), ("checkpoint", checkpoint)):
+                if p is None or not p.is_file():
+                    return False, f"mmseg {what} {p or '(none)'} missing (BENCH_MMSEG_{what.upper()})"
+            return True, ""
+        if importlib.util.find_spec("transformers") is None:
+            return False, "transformers is not installed: pip install transformers"
+        path, how = segmenters.model_dir_for(self.model, self.model_dir)
+        if not (path / "config.json").is_file():
+            return False, (f"segmenter {self.model} not in {path} ({how}): download it from "
+                           f"https://huggingface.co/{self.model} there or set BENCH_MIOU_MODEL_DIR")
+        return True, ""
+
+    def version(self) -> str:
+
+        backend = segmenters.resolve_backend(self.backend)
+        if backend == "mmseg":
+            config, checkpoint, _ = segmenters.mmseg_files()
+            model = f"{config.name if config else '?'}+{checkpoint.name if checkpoint else '?'}"
+        else:
+            model = self.model
+        return f"miou-1:{backend}:{model}:{LABEL_SPACE}:ignore={IGNORE}:bg=class:min_things={self.min_things}"
+
+    def segmenter(self, device: str):
+        if device not in self._segmenters:
+            self._segmenters[device] = segmenters.build_segmenter(self.backend, device, self.model,
+                                                                  self.model_dir, self.min_things)
+        return self._segmenters[device]
+
+    def compute_set(self, pairs, device: str = "cpu", cache_dir=None) -> dict:
+        labelled = [(s, r) for s, r in pairs if s.label_map is not None]
+        skipped = [s.id for s, _ in pairs if s.label_map is None]
+        if not labelled:
+            raise ValueError(f"miou: none of the {len(pairs)} images has a ground-truth label map; "
+                             "use a dataset with segmentation annotations (e.g. coco-mini, coco-val2017)")
+        seg = self.segmenter(device)
+        acc = IoUAccumulator(256, IGNORE)
+        for sample, recon in labelled:
+            if recon.shape[:2] != sample.label_map.shape:
+                raise ValueError(f"miou: image {sample.id}: reconstruction {recon.shape[:2]} and label map "
+                                 f"{sample.label_map.shape} differ in size")
+            pred = seg.predict(recon)
+            if pred.shape != sample.label_map.shape:
+                raise ValueError(f"miou: segmenter returned {pred.shape} for image {sample.id} of "
+                                 f"{sample.label_map.shape}")
+            acc.update(pred, sample.label_map)
+        res = acc.compute()
+        return {
+            "value": 100.0 * res["miou"],
+            "n_images": len(labelled),
+            "extra": {
+                "segmenter": seg.describe(),
+                "label_space": LABEL_SPACE,
+                "ignore_index": IGNORE,
+                "background": "0 = no COCO thing; counted as a class",
+                "n_classes": len(res["classes"]),
+                "iou_per_class": {str(c): round(v, 6) for c, v in res["iou"].items()},
+                "n_skipped_no_label_map": len(skipped),
+                "skipped": skipped[:50],
+            },
+        }
+
+
+registry.add("metric", "miou", MIoU())
