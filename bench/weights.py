@@ -47,7 +47,6 @@ import hashlib
 import os
 import re
 import shutil
-import socket
 import sys
 import tempfile
 import urllib.error
@@ -305,6 +304,8 @@ def _describe(w: WeightFile, state: str, reason: str = "") -> str:
     lines += [f"      url:    {w.url}"]
     lines += [f"      mirror: {m}" for m in w.mirrors]
     lines += [f"      sha256: {w.expected}", f"      place:  {p}"]
+    if w.note:
+        lines.append(f"      note:   {w.note}")
     return "\n".join(lines)
 
 
@@ -340,6 +341,17 @@ def require(ids: Iterable[str]) -> None:
     names = [w.id for w, _ in bad]
     raise WeightsError(f"{len(bad)} weight file(s) needed are not in place (bench downloads nothing during a run):\n"
                        f"{body}\n{_how_to(names)}", names)
+
+
+def provenance(ids: Iterable[str]) -> dict[str, dict]:
+    """For a run's provenance record: each file's path, expected and actual sha256 (hashes
+    present files; cached in-process)."""
+    out = {}
+    for i in dict.fromkeys(ids):
+        w, p = entry(i), path(i)
+        out[w.id] = {"file": w.filename, "path": str(p), "url": w.url, "expected_sha256": w.sha256 or w.sha256_prefix,
+                     "sha256": sha256_file(p) if p.is_file() else None, "licence": w.licence}
+    return out
 
 
 def offline_env() -> None:
@@ -405,41 +417,51 @@ def _place(tmp: Path, digest: str, w: WeightFile) -> Path:
 def fetch(ids: Iterable[str], timeout: float = FETCH_TIMEOUT_S,
           progress: Callable[[str, int], None] | None = None) -> list[Path]:
     """Download the files ``ids`` (those not already in place) from their official URLs
-    into place, checking sha256 before moving each one in. Offline, the first connection
-    error stops all further attempts (each attempt waits at most ``timeout`` seconds) and
+    (then mirrors) into place, checking sha256 before moving each one in. Each attempt
+    waits at most ``timeout`` seconds; a host that cannot be reached is not tried again,
+    and once two hosts have failed to connect the machine is taken to be offline and
+    nothing more is tried, so an offline ``fetch --all`` ends in seconds.
     :class:`WeightsError` lists every file not obtained with its URL, sha256 and path."""
+    from urllib.parse import urlparse
+
     ids = list(dict.fromkeys(ids))
     done, failed = [], []
-    offline_reason = ""
+    dead: dict[str, str] = {}  # host -> connection error
+    offline = ""
     for i in ids:
         w = entry(i)
         if status(w.id) == "ok":
             done.append(path(w.id))
             continue
-        if offline_reason:
-            failed.append((w, f"not tried: {offline_reason}"))
+        if offline:
+            failed.append((w, f"not tried: {offline}"))
             continue
-        errors = []
+        errors, ok = [], False
         for url in (w.url, *w.mirrors):
+            host = urlparse(url).netloc
+            if host in dead:
+                errors.append(f"{url}: not tried ({host} unreachable: {dead[host]})")
+                continue
             try:
                 req = urllib.request.Request(url, headers={"User-Agent": "bench-weights"})
                 with urllib.request.urlopen(req, timeout=timeout) as resp:
-                    tmp, digest, _ = _copy_hashed(resp, dest_dir(w.dest), w.filename)
+                    tmp, digest, n = _copy_hashed(resp, dest_dir(w.dest), w.filename)
                 done.append(_place(tmp, digest, w))
                 if progress:
-                    progress(w.id, (dest_dir(w.dest) / w.filename).stat().st_size)
-                errors = []
+                    progress(w.id, n)
+                ok = True
                 break
             except urllib.error.HTTPError as exc:  # the server answered: try the mirror
                 errors.append(f"{url}: HTTP {exc.code} {exc.reason}")
-            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as exc:
-                reason = getattr(exc, "reason", exc)
-                errors.append(f"{url}: {reason}")
-                offline_reason = f"network unreachable ({reason})"
-                break
-            except WeightsError as exc:
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+                dead[host] = str(getattr(exc, "reason", exc))
+                errors.append(f"{url}: {dead[host]}")
+                if len(dead) >= 2:
+                    offline = f"network unreachable ({'; '.join(f'{h}: {e}' for h, e in dead.items())})"
+                    break
+            except WeightsError as exc:  # wrong bytes: try the mirror
                 errors.append(str(exc))
-        if errors:
+        if not ok:
             failed.append((w, "; ".join(errors)))
     if failed:
         body = "\n".join(_describe(w, status(w.id), reason) for w, reason in failed)

@@ -153,6 +153,14 @@ def test_import_real_dists_file_then_status_ok(cache):
     assert not list(dest.parent.glob("*.part")), "temp file left behind"
 
 
+def test_provenance_records_actual_hashes(cache):
+    weights.import_file(DISTS_FILE)
+    rec = weights.provenance(["dists", "pieapp", "dists"])
+    assert list(rec) == ["dists", "pieapp"]
+    assert rec["dists"]["sha256"] == rec["dists"]["expected_sha256"] == _sha(DISTS_FILE)
+    assert rec["pieapp"]["sha256"] is None and rec["pieapp"]["path"] == str(weights.path("pieapp"))
+
+
 def test_import_identifies_a_file_by_content_not_name(cache):
     dest = weights.import_file(_lpips_wheel_file("alex.pth"))  # named alex.pth in the wheel
     assert dest.name == "LPIPS_v0.1_alex-df73285e.pth" and weights.status("lpips-alex-v0.1") == "ok"
@@ -201,7 +209,9 @@ def test_fetch_offline_fails_fast_with_the_clear_message(cache, monkeypatch):
     with pytest.raises(WeightsError) as info:
         weights.fetch(["dists", "pieapp", "torchvision-vgg16"])
     assert time.perf_counter() - t0 < 2
-    assert len(calls) == 1 and calls[0][1] <= 10  # the first failure stops the rest; short timeout
+    # the official URL and its mirror (another host) are tried once each, then nothing more; short timeouts
+    assert [c[0] for c in calls] == [weights.entry("dists").url, weights.entry("dists").mirrors[0]]
+    assert all(c[1] <= 10 for c in calls)
     msg = str(info.value)
     assert "Network is unreachable" in msg and "bench weights import" in msg
     for wid in ("dists", "pieapp", "torchvision-vgg16"):
@@ -274,3 +284,21 @@ def test_cli_list_verify_import_fetch(cache, tmp_path, monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     res = runner.invoke(app, ["weights", "fetch", "pieapp"], env={"COLUMNS": "250"})
     assert res.exit_code == 1 and weights.entry("pieapp").url in res.output.replace("\n", "")
+
+
+def test_fetch_skips_an_unreachable_host_and_uses_the_mirror(cache, monkeypatch):
+    files = {"DISTS_weights-f5e65c96.pth": DISTS_FILE.read_bytes(),
+             "LPIPS_v0.1_alex-df73285e.pth": _lpips_wheel_file("alex.pth").read_bytes()}
+    seen = []
+
+    def fake(req, timeout=None, **kw):
+        url = req.full_url
+        seen.append(url)
+        if "huggingface.co" in url:
+            raise urllib.error.URLError("blocked here")
+        return io.BytesIO(files[url.rsplit("/", 1)[1]])
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake)
+    weights.fetch(["dists", "lpips-alex-v0.1"])
+    assert weights.status("dists") == weights.status("lpips-alex-v0.1") == "ok"
+    assert sum("huggingface.co" in u for u in seen) == 1 and len(seen) == 3

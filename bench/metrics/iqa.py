@@ -123,7 +123,7 @@ NON_LEARNED_FR: tuple[IQAMetric, ...] = (
     IQAMetric("gmsd", "gmsd", "FR", False, f"{_Y}; gradient magnitude similarity deviation"),
     IQAMetric("nlpd", "nlpd", "FR", False, f"{_Y}; normalised Laplacian pyramid distance"),
     IQAMetric("vsi", "vsi", "FR", True, "RGB, [0,1]; visual-saliency induced index"),
-    IQAMetric("mad", "mad", "FR", False, "Y (grey) from RGB, [0,1]; most apparent distortion (slow: ~20 s per 768×512 pair "
+    IQAMetric("mad", "mad", "FR", False, "Y (grey) from RGB, [0,1]; most apparent distortion (slow: ~20 s (16 cores) to ~70 s (2 cores) per 768×512 pair "
               "on CPU, ~2.6 GB RAM, growing with area); images with a side > 768 px are scored on near-equal tiles "
               "≤ 768×768, area-weighted mean (every paper dataset, ≤ 768 px, is scored whole)",
               min_side=32, tile=768),
