@@ -24,6 +24,8 @@ app.add_typer(weights_app, name="weights")
 
 console = Console()
 err = Console(stderr=True)
+if not console.is_terminal:  # piped or captured: wide tables instead of 80 columns of ellipses
+    console.width = 200
 
 
 def _split(value: Optional[str]) -> Optional[list[str]]:
@@ -77,20 +79,28 @@ def run_cmd(
 
         if not torch.cuda.is_available():
             _fail(f"--device {exp.device} asked for, but torch sees no CUDA device here; use --device cpu")
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=err, transient=False) as bar:
-        task = bar.add_task(f"{exp.dataset}", total=None)
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), console=err, transient=False)
+    tasks: dict[str, int] = {}
 
-        def progress(desc: str, done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+    def progress(desc: str, done: int, total: int) -> None:
+        # started on the first report, so set-up errors print before any bar
+        if not tasks:
+            bar.start()
+        if desc not in tasks:
+            tasks[desc] = bar.add_task(f"{exp.dataset}: {desc}", total=total)
+        bar.update(tasks[desc], completed=done, total=total)
 
-        try:
-            result = run(exp, progress)
-        except KeyboardInterrupt:
-            err.print("[yellow]interrupted:[/] finished units are saved; run the same command again to resume.")
-            raise typer.Exit(130)
-        except (KeyError, ValueError, OSError) as exc:
-            _fail(str(exc))
+    try:
+        result = run(exp, progress)
+    except KeyboardInterrupt:
+        bar.stop()
+        err.print("[yellow]interrupted:[/] finished units are saved; run the same command again to resume.")
+        raise typer.Exit(130)
+    except (KeyError, ValueError, OSError) as exc:
+        bar.stop()
+        _fail(str(exc))
+    bar.stop()
     _print_summary(result.out)
     console.print(f"{result.units_coded} units coded, {result.units_skipped} reused, {result.units_failed} failed, "
                   f"{result.metric_values} metric values computed, in {result.seconds:.1f} s → {result.out}")

@@ -304,7 +304,7 @@ def run(exp: Experiment, progress: Callable[[str, int, int], None] | None = None
 
     ``progress(description, done, total)`` is called as units finish (the CLI
     draws a Rich progress bar with it)."""
-    from bench.metrics.engine import resolve, split_kinds
+    from bench.metrics.engine import split_kinds
 
     t_start = time.perf_counter()
     if exp.workers < 1:
@@ -314,10 +314,10 @@ def run(exp: Experiment, progress: Callable[[str, int, int], None] | None = None
     loader.check()
     items = loader.items()[: exp.limit] if exp.limit else loader.items()
     plans = plan_codecs(exp)
-    metrics, set_metrics = split_kinds(resolve(exp.metrics))
-    _check_weights(metrics + set_metrics)
+    selected, notes = select_metrics(exp, loader)
+    metrics, set_metrics = split_kinds(selected)
     store = RunStore(exp.out)
-    result = RunResult(Path(exp.out), store.run_id)
+    result = RunResult(Path(exp.out), store.run_id, problems=notes)
     planner = _Planner(exp, store, loader, plans, metrics, result)
     record = provenance.collect(exp.device, exp.dtype)
     record["experiment"] = {k: getattr(exp, k) for k in exp.__dataclass_fields__}
@@ -369,13 +369,48 @@ def run(exp: Experiment, progress: Callable[[str, int, int], None] | None = None
     return result
 
 
-def _check_weights(names: list[str]) -> None:
-    """Fail fast, before any work, if a metric's weight files are missing."""
-    needed = [w for n in names for w in getattr(registry.get("metric", n).obj, "weights", ())]
-    if needed:
-        from bench import weights
+def metric_needs(spec: Any) -> set[str]:
+    """What a metric needs from the dataset besides the images ("captions", "label_map")."""
+    return set(getattr(spec, "needs", ())) | ({"captions"} if getattr(spec, "uses_captions", False) else set())
 
-        weights.require(needed)
+
+def select_metrics(exp: Experiment, loader: Loader) -> tuple[list[str], list[str]]:
+    """The metrics to run and notes on those left out.
+
+    Metrics named explicitly must be runnable: a metric whose dataset lacks what it
+    needs (captions, label maps) raises ExperimentError and missing weight files raise
+    WeightsError, before any work. With ``all``, such metrics are left out instead and
+    a note names what is missing (each weight file's URL, sha256 and path)."""
+    from bench.metrics.engine import resolve
+
+    lenient = "all" in exp.metrics
+    provides = set(getattr(loader, "provides", ()))
+    keep, notes = [], []
+    for name in resolve(exp.metrics):
+        lacking = metric_needs(registry.get("metric", name).obj) - provides
+        if not lacking:
+            keep.append(name)
+            continue
+        msg = f"{name} needs {' and '.join(sorted(lacking))}, which dataset {loader.card.name!r} does not provide"
+        if not lenient:
+            raise ExperimentError(msg)
+        notes.append(f"note: left out {msg}")
+    needed = {n: tuple(getattr(registry.get("metric", n).obj, "weights", ())) for n in keep}
+    if not any(needed.values()):
+        return keep, notes
+    from bench import weights
+
+    if not lenient:
+        weights.require([w for ws in needed.values() for w in ws])
+        return keep, notes
+    missing = {n: [w for w in ws if weights.status(w) != "ok"] for n, ws in needed.items()}
+    dropped = [n for n, ws in missing.items() if ws]
+    if dropped:
+        try:
+            weights.require([w for n in dropped for w in missing[n]])
+        except weights.WeightsError as exc:
+            notes.append(f"note: left out {', '.join(dropped)}: {exc}")
+    return [n for n in keep if n not in dropped], notes
 
 
 def run_set_metrics(store: RunStore, loader: Loader, items: list[Item], plans: list[CodecPlan], names: list[str],

@@ -153,3 +153,35 @@ def test_wrong_pixels_are_refused(kodak_dir, tmp_path):
     res = run(kodak_exp(data, tmp_path / "r", points=[50]))
     assert any("kodim01.png: pixels differ" in p for p in res.problems)
     assert set(read_table(tmp_path / "r", "per_image").image_id) == {"kodim02"}
+
+
+def test_metrics_all_runs_what_it_can_and_names_missing_weights(kodak_dir, tmp_path, monkeypatch):
+    from bench import weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("BENCH_WEIGHTS", str(tmp_path / "w"))
+    real_status = weights.status
+    monkeypatch.setattr(weights, "status", lambda i, verify=True: "missing" if i == "inception-2015-12-05"
+                        else real_status(i, verify))
+    res = run(kodak_exp(kodak_dir, tmp_path / "r", points=[50], limit=1, metrics=["all"]))
+    notes = "\n".join(res.problems)
+    assert "left out clip_score needs captions" in notes and "left out miou needs label_map" in notes
+    for name in ("lpips", "dists", "pieapp", "musiq", "fid_patch"):
+        assert name in notes.split("weight file(s) needed")[0]
+    for wid in ("LPIPS_v0.1_alex-df73285e.pth", "vgg16-397923af.pth", "inception-2015-12-05.pt"):
+        assert wid in notes
+    assert str(tmp_path / "torch" / "hub" / "pyiqa" / "LPIPS_v0.1_alex-df73285e.pth") in notes
+    assert all(p.startswith("note:") for p in res.problems)
+    df = read_table(tmp_path / "r", "per_image")
+    assert set(df.metric) == {"psnr", "ssim", "ms_ssim", "cw_ssim", "fsim", "gmsd", "nlpd", "vsi", "mad"}
+
+
+def test_explicit_metric_that_cannot_run_fails_before_work(kodak_dir, tmp_path, monkeypatch):
+    from bench.weights import WeightsError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(ExperimentError, match="clip_score needs captions"):
+        run(kodak_exp(kodak_dir, tmp_path / "r", metrics=["psnr", "clip_score"]))
+    with pytest.raises(WeightsError, match="LPIPS_v0.1_alex-df73285e.pth"):
+        run(kodak_exp(kodak_dir, tmp_path / "r2", metrics=["psnr", "lpips"]))
+    assert not (tmp_path / "r").exists() and not (tmp_path / "r2" / "per_image.parquet").exists()

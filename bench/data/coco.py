@@ -117,6 +117,7 @@ class CocoLoader(Loader):
     """COCO images with their captions and thing label maps (see module doc)."""
 
     name = "coco"
+    provides = frozenset({"captions", "label_map"})
 
     def __init__(self, card, data_dir=None) -> None:
         super().__init__(card, data_dir)

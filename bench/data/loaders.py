@@ -62,6 +62,7 @@ class Loader:
     """Base loader: a fixed list of files (card ``images``) in one folder."""
 
     name = ""
+    provides: frozenset[str] = frozenset()  # what samples carry besides pixels: "captions", "label_map"
 
     def __init__(self, card: Card, data_dir: str | Path | None = None) -> None:
         self.card = card

@@ -93,6 +93,7 @@ class MIoU:
     higher_better = True
     learned = True
     mode = "FR"
+    needs = ("label_map",)
 
     def __init__(self, name: str = "miou", backend: str = "auto", model: str = segmenters.DEFAULT_MODEL,
                  model_dir=None, min_things: int = 60) -> None:
