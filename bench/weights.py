@@ -174,7 +174,7 @@ TABLE: tuple[WeightFile, ...] = (
                "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
                "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af", "MIT (openai/CLIP)",
                "bench", ("clip_score",),
-               note="OpenAI's TorchScript archive; open_clip.create_model('ViT-B-32', pretrained=<this path>) loads it"),
+               note="OpenAI's TorchScript archive; bench loads it into open_clip's ViT-B-32-quickgelu (OpenAI's CLIP uses QuickGELU)"),
     # ---- segmentation (mIoU): an official mmsegmentation model-zoo checkpoint trained on COCO-Stuff 164k
     WeightFile("seg-deeplabv3-r101-cocostuff164k",
                "deeplabv3_r101-d8_512x512_4x4_320k_coco-stuff164k_20210709_155402-3cbca14d.pth",
