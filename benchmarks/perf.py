@@ -4,6 +4,8 @@
    calls pyiqa on the same image pairs (both whole processes)  — target ≤ 1.10×
 2. resume:   re-running a finished run vs the first run                   — target ≤ 2 %
 3. workers:  first run with ``--workers 2`` vs ``--workers 1`` (speed-up)  — target ≥ 1.7×
+4. throughput: pairs per second of each per-image metric that can run here
+   (weights present), on ``--device`` (cpu or cuda), 768×512 Kodak pairs
 
 Each figure is the median over ``--repeat`` runs of a whole process (wall clock).
 Usage: ``python benchmarks/perf.py [--data-dir ../shared/data/kodak] [--repeat 3]``
@@ -63,12 +65,54 @@ def report(name: str, ratio: float, target: str, ok: bool, detail: str) -> None:
     print(f"{name:<9} {ratio:8.3f}   target {target:<7} {'met' if ok else 'MISSED'}   ({detail})", flush=True)
 
 
+def throughput(data_dir: str, device: str, pairs: int = 3) -> None:
+    """Per-metric pairs/s through the engine (models built once, first call not timed)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from bench import registry, weights
+    from bench.data.images import read_rgb
+    from bench.metrics.engine import MetricEngine
+
+    refs = [read_rgb(Path(data_dir) / f"kodim{i:02d}.png")[0] for i in (1, 2, 3)][:pairs]
+    recs = []
+    for ref in refs:
+        buf = io.BytesIO()
+        Image.fromarray(ref).save(buf, "JPEG", quality=30)
+        recs.append(np.asarray(Image.open(buf).convert("RGB")))
+    print(f"metric throughput on {device}, 768×512 pairs:")
+    for name, entry in sorted(registry.entries("metric").items()):
+        spec = entry.obj
+        if getattr(spec, "kind", "") != "per_image" or getattr(spec, "uses_captions", False):
+            continue
+        missing = [w for w in getattr(spec, "weights", ()) if weights.status(w, verify=False) != "ok"]
+        if missing:
+            print(f"  {name:<10} skipped: weights missing ({', '.join(missing)})")
+            continue
+        engine = MetricEngine([name], device)
+        engine.score(refs[0], recs[0])  # build + warm up
+        t0 = time.perf_counter()
+        for ref, rec in zip(refs, recs):
+            engine.score(ref, rec)
+        dt = (time.perf_counter() - t0) / len(refs)
+        print(f"  {name:<10} {1 / dt:8.2f} pairs/s  ({dt:.3f} s/pair)", flush=True)
+    print()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "kodak"))
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--images", type=int, default=8, help="Kodak images used by each figure")
+    ap.add_argument("--device", default="cpu", help="device for the metric throughput figures")
+    ap.add_argument("--only", choices=["ratios", "throughput"], help="run one part only")
     args = ap.parse_args()
+    if args.only != "ratios":
+        throughput(args.data_dir, args.device)
+    if args.only == "throughput":
+        return
     tmp = Path(tempfile.mkdtemp(prefix="bench-perf-"))
     print(f"python {sys.version.split()[0]}; {args.images} Kodak images; median of {args.repeat} runs\n")
 
