@@ -20,13 +20,16 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/bench run --out runs/default
 
+# glibc malloc settings of bench/tuning.py (the bench command sets them itself).
+TUNED := MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296
+
 test: install
-	$(PY) -m pytest -q
+	$(TUNED) $(PY) -m pytest -q
 
 # Speed ratios (not a test): harness overhead, resume cost, worker scaling.
 bench-perf: install
-	$(PY) benchmarks/perf.py
+	$(TUNED) $(PY) benchmarks/perf.py
 
 # Recompute the full Kodak golden table in results/ (slow: ~30 min with 2 workers).
 golden: install
-	$(PY) -m bench.golden --write
+	$(TUNED) $(PY) -m bench.golden --write

@@ -463,6 +463,9 @@ def _skipped(_: None) -> dict:
 def _run_pool(tasks: Iterator[UnitTask | None], exp: Experiment, handle: Callable[[dict], None]) -> None:
     import multiprocessing as mp
 
+    from bench.tuning import set_for_children
+
+    set_for_children()
     threads = max(1, (os.cpu_count() or 1) // exp.workers)
     with ProcessPoolExecutor(exp.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                              initargs=(threads,)) as pool:
