@@ -19,8 +19,6 @@ of this checkout. A card's hash (sha256 of its canonical JSON) keys resume.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -30,6 +28,7 @@ from typing import Any
 import yaml
 
 from bench import registry
+from bench.hashing import sha256_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CARD_DIRS = {"codec": "codecs", "dataset": "datasets"}
@@ -53,7 +52,7 @@ class Card:
 
     @property
     def hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.body, sort_keys=True, default=str).encode()).hexdigest()
+        return sha256_json(self.body)
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.body.get(key, default)

@@ -28,6 +28,7 @@ from bench import cards, provenance, registry
 from bench.cards import Card
 from bench.codecs.base import Codec, CodecError, check_recon
 from bench.data.images import ImageError, read_rgb, write_png
+from bench.hashing import sha256_bytes
 from bench.data.loaders import Item, Loader, Sample, open_dataset
 from bench.store import RunStore, UnitPaths, atomic_path, atomic_write_bytes, content_key, point_str
 
@@ -197,7 +198,7 @@ def do_unit(task: UnitTask, device: str = "cpu") -> dict:
             codec=task.card.name, card_hash=task.card.hash, point=point_str(task.point), seed=task.seed,
             height=h, width=w, bits=bits, bpp=bits / (h * w), rate_kind=codec.rate_kind, enc_s=enc_s, dec_s=dec_s,
             breakdown=_json(codec.bits_breakdown(stored)), bitstream=str(task.paths.bitstream),
-            recon=str(task.paths.recon), bitstream_sha256=_sha256(stored))
+            recon=str(task.paths.recon), bitstream_sha256=sha256_bytes(stored))
     else:
         try:
             recon, _ = read_rgb(task.recon_path)
@@ -220,12 +221,6 @@ def _json(obj: Any) -> str | None:
     import json
 
     return None if obj is None else json.dumps(obj)
-
-
-def _sha256(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
 
 
 # ---------------------------------------------------------------------------- orchestration
@@ -327,6 +322,11 @@ def run(exp: Experiment, progress: Callable[[str, int, int], None] | None = None
                                       "adapter_version": p.adapter.version, "points": p.points,
                                       "provenance": build_codec(p.card, exp.device).provenance()} for p in plans}
     record["metrics"] = {**planner.versions, **{m: registry.get("metric", m).obj.version() for m in set_metrics}}
+    weight_ids = [w for m in metrics + set_metrics for w in getattr(registry.get("metric", m).obj, "weights", ())]
+    if weight_ids:
+        from bench import weights
+
+        record["weights"] = weights.provenance(weight_ids)
     total = len(items) * sum(len(p.points) * len(p.seeds) for p in plans)
     result.units_total = total
     finished = 0

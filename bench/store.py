@@ -19,7 +19,6 @@ Files and tables are written to a temporary name and renamed (atomic).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -30,6 +29,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
+
+from bench.hashing import sha256_json
 
 PER_IMAGE_COLUMNS = ["run_id", "dataset", "image_id", "codec", "point", "seed", "height", "width", "bits", "bpp",
                      "rate_kind", "enc_s", "dec_s", "metric", "value"]
@@ -62,7 +63,7 @@ class StoreError(OSError):
 
 def content_key(**parts: Any) -> str:
     """sha256 of the canonical JSON of ``parts``: the resume key of a unit of work."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    return sha256_json(parts)
 
 
 def point_str(point: Any) -> str:

@@ -44,9 +44,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+
+from bench import hashing
 import os
 import re
-import shutil
 import sys
 import tempfile
 import urllib.error
@@ -272,11 +273,7 @@ def sha256_file(p: str | os.PathLike) -> str:
     st = os.stat(p)
     key = (os.path.abspath(p), st.st_size, st.st_mtime_ns)
     if key not in _hash_cache:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _hash_cache[key] = h.hexdigest()
+        _hash_cache[key] = hashing.sha256_file(p)
     return _hash_cache[key]
 
 

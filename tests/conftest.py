@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -28,3 +29,16 @@ def kodim01(kodak_dir) -> np.ndarray:
     from bench.data.images import read_rgb
 
     return read_rgb(kodak_dir / "kodim01.png")[0]
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """Empty TORCH_HOME and bench cache; restores the offline switches require() may set."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("BENCH_WEIGHTS", str(tmp_path / "bench"))
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", constants.HF_HUB_OFFLINE)
+    return tmp_path

@@ -17,7 +17,7 @@ IMAGES = ["kodim01", "kodim19"]
 @pytest.fixture(scope="module")
 def recomputed(kodak_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("golden")
-    df = golden.compute(str(kodak_dir), str(out), images=IMAGES, mad=False)
+    golden.compute(str(kodak_dir), str(out), images=IMAGES, mad=False)
     exp = Experiment(dataset="kodak", data_dir=str(kodak_dir), codecs=golden.CODECS, points=[50], metrics=["mad"],
                      out=str(out))
     golden._run_on(exp, {"kodim19"})

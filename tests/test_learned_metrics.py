@@ -3,7 +3,6 @@ tiling, PieAPP chunking, weight loading) on networks built without any download.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,18 +35,6 @@ def random_backbones(monkeypatch):
     monkeypatch.setattr(ckdn_arch, "load_state_dict_from_url", lambda *a, **k: {})  # ResNet-50 backbone
     monkeypatch.setattr(dbcnn_arch, "load_pretrained_network", lambda *a, **k: None)  # SCNN branch
     torch.manual_seed(0)
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("BENCH_WEIGHTS", str(tmp_path / "bench"))
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    constants = sys.modules.get("huggingface_hub.constants")
-    if constants is not None:
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", constants.HF_HUB_OFFLINE)
-    return tmp_path
 
 
 def images(b=2, h=48, w=56, seed=1):

@@ -1,7 +1,6 @@
 """End-to-end behaviour of the one way to run work: rates, stored bytes, resume, errors."""
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

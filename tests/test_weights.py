@@ -26,19 +26,6 @@ def _lpips_wheel_file(name: str) -> Path:
     return Path(lpips.__file__).parent / "weights" / "v0.1" / name
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    """Empty TORCH_HOME and bench cache; restores the offline switches require() may set."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("BENCH_WEIGHTS", str(tmp_path / "bench"))
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    constants = sys.modules.get("huggingface_hub.constants")
-    if constants is not None:
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", constants.HF_HUB_OFFLINE)
-    return tmp_path
-
-
 def _sha(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 

@@ -11,7 +11,6 @@ file is the stored bitstream, and the decoder sees only that file.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -24,19 +23,14 @@ import numpy as np
 from PIL import Image
 
 from bench.codecs.base import Codec, CodecError, check_rgb
+from bench.hashing import sha256_file
 
 
 def env_var_for(executable: str) -> str:
     return "BENCH_" + "".join(c if c.isalnum() else "_" for c in executable).upper()
 
 
-@lru_cache(maxsize=None)
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+_file_sha256 = lru_cache(maxsize=None)(sha256_file)  # programs do not change during a run
 
 
 class SubprocessCodec(Codec):

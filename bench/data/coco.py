@@ -43,7 +43,6 @@ Sample fields
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -52,6 +51,7 @@ import numpy as np
 
 from bench.data.images import ImageError
 from bench.data.loaders import DatasetError, Item, Loader, Sample
+from bench.hashing import sha256_file
 from bench.registry import register
 
 BACKGROUND = 0
@@ -77,14 +77,6 @@ COCO_THINGS: tuple[tuple[int, str], ...] = (
 )
 
 ANNOTATIONS_URL = "http://images.cocodataset.org/annotations/annotations_trainval2017.zip"
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def rasterise(annotations: list[dict], height: int, width: int) -> np.ndarray:
@@ -141,7 +133,7 @@ class CocoLoader(Loader):
             self._missing_annotations([key])
         expected = (self.card.get("annotation_sha256") or {}).get(self.card.get(key))
         if expected:
-            got = _sha256_file(path)
+            got = sha256_file(path)
             if got != expected:
                 raise DatasetError(f"dataset {self.card.name!r}: {path} differs from the card (sha256 {got[:16]}…, "
                                    f"expected {expected[:16]}…): a different or modified annotation file; "

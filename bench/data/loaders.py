@@ -90,7 +90,7 @@ class Loader:
             lines.append(f"  {it.path.name}" + (f"  <- {it.url}" if it.url else ""))
         if len(missing) > 10:
             lines.append(f"  ... and {len(missing) - 10} more")
-        where = f"--data-dir DIR" + (f" or set {env}=DIR" if env else "")
+        where = "--data-dir DIR" + (f" or set {env}=DIR" if env else "")
         lines.append(f"Place the files in {self.data_dir} (or pass {where}).")
         if self.card.get("source"):
             lines.append(f"Source: {self.card.get('source')}")
