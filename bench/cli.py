@@ -119,21 +119,29 @@ def run_cmd(
 
 
 def _print_summary(run_dir: Path) -> None:
-    from bench.store import read_table
+    """The per-point table: one row per codec, point and seed; mean bpp and one column per metric."""
+    import pyarrow.parquet as pq
 
-    df = read_table(run_dir, "per_set")
-    if df.empty:
+    from bench.store import StoreError
+
+    path = Path(run_dir) / "per_set.parquet"
+    if not path.exists():
+        raise StoreError(f"{path} does not exist: is {run_dir} a finished bench run directory?")
+    rows = pq.ParquetFile(path).read().to_pylist()  # ParquetFile: no pandas import
+    if not rows:
         console.print("no results yet")
         return
-    wide = df.pivot_table(index=["codec", "point", "seed"], columns="metric", values="value", aggfunc="first")
-    bpp = df.groupby(["codec", "point", "seed"])["mean_bpp"].first()
-    wide.insert(0, "bpp", bpp)
-    wide = wide.reset_index().sort_values(["codec", "bpp"])
-    table = Table(title=f"{df['dataset'].iloc[0]} — mean over {int(df['n_images'].max())} images", show_lines=False)
-    for col in wide.columns:
-        table.add_column(str(col), justify="right" if col not in ("codec", "point") else "left")
-    for _, row in wide.iterrows():
-        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
+    metrics = sorted({r["metric"] for r in rows})
+    points: dict[tuple, dict] = {}
+    for r in rows:
+        entry = points.setdefault((r["codec"], r["point"], r["seed"]), {"bpp": r["mean_bpp"]})
+        entry[r["metric"]] = r["value"]
+    table = Table(title=f"{rows[0]['dataset']} — mean over {max(r['n_images'] for r in rows)} images")
+    for col in ["codec", "point", "seed", "bpp", *metrics]:
+        table.add_column(col, justify="left" if col in ("codec", "point") else "right")
+    cell = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+    for (codec, point, seed), vals in sorted(points.items(), key=lambda kv: (kv[0][0], kv[1]["bpp"] or 0)):
+        table.add_row(codec, point, str(seed), *[cell(vals.get(m)) for m in ["bpp", *metrics]])
     console.print(table)
 
 

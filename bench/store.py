@@ -214,57 +214,58 @@ class RunStore:
         return row[0] if row else None
 
     # -- tables ------------------------------------------------------------------
-    def per_image_frame(self):
-        import pandas as pd
+    # Tables are built in SQL and written with pyarrow: no pandas import on the hot path.
+    _PER_IMAGE_SQL = """
+        SELECT u.dataset, u.image_id, u.codec, u.point, u.seed, u.height, u.width, u.bits, u.bpp, u.rate_kind,
+               u.enc_s, u.dec_s, m.metric, m.value, u.image_sha256, u.card_hash, m.metric_version, u.breakdown
+        FROM units u JOIN metrics m ON m.unit_key = u.unit_key
+        ORDER BY u.dataset, u.codec, u.point, u.seed, u.image_id, m.metric"""
+    _PER_SET_SQL = """
+        SELECT u.dataset, u.codec, u.point, u.seed, m.metric, AVG(m.value) AS value,
+               COUNT(DISTINCT u.image_id) AS n_images, NULL AS n_patches, 'mean' AS aggregate,
+               AVG(u.bpp) AS mean_bpp, NULL AS extra
+        FROM units u JOIN metrics m ON m.unit_key = u.unit_key
+        GROUP BY u.dataset, u.codec, u.point, u.seed, m.metric
+        UNION ALL
+        SELECT s.dataset, s.codec, s.point, s.seed, s.metric, s.value, s.n_images,
+               json_extract(s.extra, '$.n_patches'), 'set', b.mean_bpp, s.extra
+        FROM set_metrics s LEFT JOIN (SELECT dataset, codec, point, seed, AVG(bpp) AS mean_bpp FROM units
+                                      GROUP BY dataset, codec, point, seed) b
+             USING (dataset, codec, point, seed)
+        ORDER BY 1, 2, 3, 4, 5, 9"""
+    _TYPES = {"seed": "int64", "height": "int64", "width": "int64", "bits": "int64", "n_images": "int64",
+              "n_patches": "int64", "bpp": "float64", "enc_s": "float64", "dec_s": "float64", "value": "float64",
+              "mean_bpp": "float64"}
 
-        q = """SELECT u.dataset, u.image_id, u.codec, u.point, u.seed, u.height, u.width, u.bits, u.bpp,
-                      u.rate_kind, u.enc_s, u.dec_s, m.metric, m.value, u.image_sha256, u.card_hash,
-                      m.metric_version, u.breakdown
-               FROM units u JOIN metrics m ON m.unit_key = u.unit_key
-               ORDER BY u.dataset, u.codec, u.point, u.seed, u.image_id, m.metric"""
-        df = pd.read_sql_query(q, self.db)
-        df.insert(0, "run_id", self.run_id)
-        return df
+    def _arrow(self, sql: str):
+        import pyarrow as pa
 
-    def per_set_frame(self, per_image=None):
-        import pandas as pd
+        cur = self.db.execute(sql)
+        names = [d[0] for d in cur.description]
+        columns = list(zip(*cur.fetchall())) or [()] * len(names)
+        arrays = {"run_id": pa.array([self.run_id] * len(columns[0]), pa.string())}
+        for name, values in zip(names, columns):
+            arrays[name] = pa.array(list(values), getattr(pa, self._TYPES.get(name, "string"))())
+        return pa.table(arrays)
 
-        per_image = self.per_image_frame() if per_image is None else per_image
-        keys = ["dataset", "codec", "point", "seed"]
-        frames = []
-        if len(per_image):
-            means = (per_image.groupby(keys + ["metric"], sort=True)
-                     .agg(value=("value", "mean"), n_images=("image_id", "nunique"), mean_bpp=("bpp", "mean"))
-                     .reset_index())
-            means["aggregate"] = "mean"
-            frames.append(means)
-        sets = pd.read_sql_query("SELECT dataset, codec, point, seed, metric, value, n_images, extra FROM set_metrics",
-                                 self.db)
-        if len(sets):
-            units = pd.read_sql_query("SELECT dataset, codec, point, seed, AVG(bpp) AS mean_bpp FROM units "
-                                      "GROUP BY dataset, codec, point, seed", self.db)
-            sets = sets.merge(units, on=keys, how="left")
-            sets["aggregate"] = "set"
-            sets["n_patches"] = [json.loads(e or "{}").get("n_patches") for e in sets["extra"]]
-            frames.append(sets)
-        if not frames:
-            return pd.DataFrame(columns=PER_SET_COLUMNS)
-        df = pd.concat(frames, ignore_index=True)
-        df.insert(0, "run_id", self.run_id)
-        if "n_patches" not in df:
-            df["n_patches"] = None
-        df["n_patches"] = df["n_patches"].astype("Int64")
-        return df[PER_SET_COLUMNS + [c for c in df.columns if c not in PER_SET_COLUMNS]]
+    def per_image_table(self):
+        """per_image as a pyarrow Table (columns: PER_IMAGE_COLUMNS, then provenance columns)."""
+        return self._arrow(self._PER_IMAGE_SQL)
+
+    def per_set_table(self):
+        """per_set as a pyarrow Table: per-image metric means per point (aggregate "mean") and set
+        metrics (aggregate "set", with their ``extra`` JSON and ``n_patches``)."""
+        return self._arrow(self._PER_SET_SQL)
 
     def export_tables(self, force: bool = False) -> bool:
         """Write per_image.parquet and per_set.parquet atomically if the ledger changed."""
         if not force and self._state("dirty") != "1" and (self.root / "per_image.parquet").exists():
             return False
-        per_image = self.per_image_frame()
-        per_set = self.per_set_frame(per_image)
-        for name, df in (("per_image", per_image), ("per_set", per_set)):
+        import pyarrow.parquet as pq
+
+        for name, table in (("per_image", self.per_image_table()), ("per_set", self.per_set_table())):
             with atomic_path(self.root / f"{name}.parquet") as tmp:
-                df.to_parquet(tmp, index=False)
+                pq.write_table(table, tmp)
         self._set_state("dirty", "0")
         return True
 
