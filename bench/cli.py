@@ -60,6 +60,8 @@ def run_cmd(
     device: Optional[str] = typer.Option(None, help="cpu or cuda[:N] [default: cpu]."),
     dtype: Optional[str] = typer.Option(None, help="float32, or float16 for learned codecs on GPU."),
     limit: Optional[int] = typer.Option(None, help="Only the first N images."),
+    batch: Optional[int] = typer.Option(None, help="Units of one image scored together, one forward per metric "
+                                        "(useful on GPU) [default: 1]; a killed run loses at most one batch."),
     plot: bool = typer.Option(True, help="Write rate–metric plots when done."),
 ) -> None:
     """Run (or resume) an experiment and print a per-point summary."""
@@ -68,7 +70,7 @@ def run_cmd(
     overrides = dict(dataset=dataset, data_dir=data_dir, codecs=_split(codec),
                      points=[_point(p) for p in _split(points)] if points else None, metrics=_split(metrics),
                      seeds=[int(s) for s in _split(seeds)] if seeds else None, out=out, workers=workers,
-                     device=device, dtype=dtype, limit=limit)
+                     device=device, dtype=dtype, limit=limit, batch=batch)
     try:
         exp = (Experiment.from_yaml(experiment, **overrides) if experiment
                else Experiment(**{k: v for k, v in overrides.items() if v is not None}))

@@ -57,6 +57,7 @@ class Experiment:
     device: str = "cpu"
     dtype: str = "float32"
     limit: int | None = None  # only the first N images (quick looks)
+    batch: int = 1  # units of one image scored together (one forward per metric); a kill loses one batch
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "Experiment":
@@ -169,52 +170,81 @@ def _engine(names: list[str], device: str):
     return engine
 
 
-def do_unit(task: UnitTask, device: str = "cpu") -> dict:
-    """Run one unit; returns {"unit": row or None, "metrics": {...}, "errors": [...]}."""
+def _code_unit(task: UnitTask, device: str) -> tuple[dict, np.ndarray | None]:
+    """Codec work of one unit (or reading its stored reconstruction): (result, recon or None)."""
     out: dict = {"unit_key": task.unit_key, "unit": None, "metrics": {}, "errors": []}
     where = f"{task.card.name} @ {point_str(task.point)} on {task.image_id}"
-    if task.need_codec:
-        codec = _codec(task.card, device)
+    if not task.need_codec:
         try:
-            t0 = time.perf_counter()
-            data = codec.encode(task.rgb, task.point, task.seed)
-            enc_s = time.perf_counter() - t0
-            atomic_write_bytes(task.paths.bitstream, data)
-            stored = task.paths.bitstream.read_bytes()  # decode from what is on disk, nothing else
-            t0 = time.perf_counter()
-            recon = codec.decode(stored, task.seed)
-            dec_s = time.perf_counter() - t0
-            recon = check_recon(task.card.name, task.rgb.shape, recon)
-        except (CodecError, OSError, ValueError) as exc:
-            out["errors"].append(f"{where}: {exc}")
-            out["failed"] = True
-            return out
-        with atomic_path(task.paths.recon) as tmp:
-            write_png(recon, tmp)
-        h, w = task.rgb.shape[:2]
-        bits = 8 * len(stored)
-        out["unit"] = dict(
-            unit_key=task.unit_key, dataset=task.dataset, image_id=task.image_id, image_sha256=task.image_sha256,
-            codec=task.card.name, card_hash=task.card.hash, point=point_str(task.point), seed=task.seed,
-            height=h, width=w, bits=bits, bpp=bits / (h * w), rate_kind=codec.rate_kind, enc_s=enc_s, dec_s=dec_s,
-            breakdown=_json(codec.bits_breakdown(stored)), bitstream=str(task.paths.bitstream),
-            recon=str(task.paths.recon), bitstream_sha256=sha256_bytes(stored))
-    else:
-        try:
-            recon, _ = read_rgb(task.recon_path)
+            return out, read_rgb(task.recon_path)[0]
         except ImageError as exc:
             out["errors"].append(f"{where}: stored reconstruction unreadable ({exc}); delete it to recompute")
-            return out
-    if task.metrics:
-        from bench.metrics.iqa import MetricError
+            return out, None
+    codec = _codec(task.card, device)
+    try:
+        t0 = time.perf_counter()
+        data = codec.encode(task.rgb, task.point, task.seed)
+        enc_s = time.perf_counter() - t0
+        atomic_write_bytes(task.paths.bitstream, data)
+        stored = task.paths.bitstream.read_bytes()  # decode from what is on disk, nothing else
+        t0 = time.perf_counter()
+        recon = codec.decode(stored, task.seed)
+        dec_s = time.perf_counter() - t0
+        recon = check_recon(task.card.name, task.rgb.shape, recon)
+    except (CodecError, OSError, ValueError) as exc:
+        out["errors"].append(f"{where}: {exc}")
+        out["failed"] = True
+        return out, None
+    with atomic_path(task.paths.recon) as tmp:
+        write_png(recon, tmp)
+    h, w = task.rgb.shape[:2]
+    bits = 8 * len(stored)
+    out["unit"] = dict(
+        unit_key=task.unit_key, dataset=task.dataset, image_id=task.image_id, image_sha256=task.image_sha256,
+        codec=task.card.name, card_hash=task.card.hash, point=point_str(task.point), seed=task.seed,
+        height=h, width=w, bits=bits, bpp=bits / (h * w), rate_kind=codec.rate_kind, enc_s=enc_s, dec_s=dec_s,
+        breakdown=_json(codec.bits_breakdown(stored)), bitstream=str(task.paths.bitstream),
+        recon=str(task.paths.recon), bitstream_sha256=sha256_bytes(stored))
+    return out, recon
 
-        scores = _engine(task.metrics, device).score(task.rgb, recon, task.metrics, task.captions)
-        for name, value in scores.items():
-            if isinstance(value, MetricError):
-                out["errors"].append(f"{where}: {value}")
-            else:
-                out["metrics"][name] = value
-    return out
+
+def do_units(tasks: list[UnitTask], device: str = "cpu") -> list[dict]:
+    """Run units of one image: codec work for each, then every metric once on the batch of
+    their reconstructions. Returns one {"unit": row or None, "metrics", "errors"} per task."""
+    from bench.metrics.iqa import MetricError
+
+    coded = [_code_unit(t, device) for t in tasks]
+    groups: dict[tuple, list[int]] = {}
+    for i, (task, (_, recon)) in enumerate(zip(tasks, coded)):
+        if recon is not None and task.metrics:
+            groups.setdefault(tuple(task.metrics), []).append(i)
+    for names, idx in groups.items():
+        scores = _engine(list(names), device).score_batch([tasks[i].rgb for i in idx], [coded[i][1] for i in idx],
+                                                          list(names), [tasks[i].captions for i in idx])
+        for i, values in zip(idx, scores):
+            task, out = tasks[i], coded[i][0]
+            for name, value in values.items():
+                if isinstance(value, MetricError):
+                    out["errors"].append(f"{task.card.name} @ {point_str(task.point)} on {task.image_id}: {value}")
+                else:
+                    out["metrics"][name] = value
+    return [out for out, _ in coded]
+
+
+def batches(tasks: Iterator[UnitTask | None], size: int) -> Iterator[list[UnitTask] | None]:
+    """Consecutive tasks of the same image, at most ``size`` at a time; None (a unit already
+    done) passes through on its own."""
+    batch: list[UnitTask] = []
+    for task in tasks:
+        if batch and (task is None or task.image_id != batch[0].image_id or len(batch) == size):
+            yield batch
+            batch = []
+        if task is None:
+            yield None
+        else:
+            batch.append(task)
+    if batch:
+        yield batch
 
 
 def _json(obj: Any) -> str | None:
@@ -302,8 +332,8 @@ def run(exp: Experiment, progress: Callable[[str, int, int], None] | None = None
     from bench.metrics.engine import split_kinds
 
     t_start = time.perf_counter()
-    if exp.workers < 1:
-        raise ExperimentError("--workers must be at least 1")
+    if exp.workers < 1 or exp.batch < 1:
+        raise ExperimentError("--workers and --batch must be at least 1")
     ds_card = resolve_card("dataset", exp.dataset)
     loader = open_dataset(ds_card, exp.data_dir)
     loader.check()
@@ -334,6 +364,10 @@ def run(exp: Experiment, progress: Callable[[str, int, int], None] | None = None
     def handle(res: dict) -> None:
         nonlocal finished
         finished += 1
+        if res["unit_key"] is None:  # reused
+            if progress:
+                progress("units", finished, total)
+            return
         if res["unit"]:
             store.add_unit(res["unit"])
             result.units_coded += 1
@@ -347,12 +381,13 @@ def run(exp: Experiment, progress: Callable[[str, int, int], None] | None = None
             progress("units", finished, total)
 
     try:
-        tasks = planner.tasks(items)
+        work = batches(planner.tasks(items), exp.batch)
         if exp.workers == 1:
-            for task in tasks:
-                handle(do_unit(task, exp.device) if task else _skipped(task))
+            for batch in work:
+                for res in do_units(batch, exp.device) if batch else [_skipped(batch)]:
+                    handle(res)
         else:
-            _run_pool(tasks, exp, handle)
+            _run_pool(work, exp, handle)
         if set_metrics:
             run_set_metrics(store, loader, items, plans, set_metrics, exp.device, result, progress)
     except KeyboardInterrupt:
@@ -460,7 +495,7 @@ def _skipped(_: None) -> dict:
     return {"unit_key": None, "unit": None, "metrics": {}, "errors": []}
 
 
-def _run_pool(tasks: Iterator[UnitTask | None], exp: Experiment, handle: Callable[[dict], None]) -> None:
+def _run_pool(work: Iterator[list[UnitTask] | None], exp: Experiment, handle: Callable[[dict], None]) -> None:
     import multiprocessing as mp
 
     from bench.tuning import set_for_children
@@ -470,14 +505,16 @@ def _run_pool(tasks: Iterator[UnitTask | None], exp: Experiment, handle: Callabl
     with ProcessPoolExecutor(exp.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                              initargs=(threads,)) as pool:
         pending = set()
-        for task in tasks:
-            if task is None:
-                handle(_skipped(task))
+        for batch in work:
+            if batch is None:
+                handle(_skipped(batch))
                 continue
-            pending.add(pool.submit(do_unit, task, exp.device))
+            pending.add(pool.submit(do_units, batch, exp.device))
             if len(pending) >= 2 * exp.workers:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    handle(fut.result())
+                    for res in fut.result():
+                        handle(res)
         for fut in wait(pending).done:
-            handle(fut.result())
+            for res in fut.result():
+                handle(res)

@@ -98,6 +98,16 @@ def test_two_workers_give_the_same_numbers(kodak_dir, tmp_path):
     pd.testing.assert_frame_equal(a, b)
 
 
+def test_batched_scoring_gives_the_same_numbers(kodak_dir, tmp_path):
+    exp = dict(points=[10, 30, 50], metrics=["psnr", "ssim", "ms_ssim", "gmsd"])
+    run(kodak_exp(kodak_dir, tmp_path / "a", **exp))
+    res = run(kodak_exp(kodak_dir, tmp_path / "b", batch=3, **exp))
+    assert res.units_coded == 6 and res.metric_values == 24
+    a = read_table(tmp_path / "a", "per_image").drop(columns=["run_id", "enc_s", "dec_s"])
+    b = read_table(tmp_path / "b", "per_image").drop(columns=["run_id", "enc_s", "dec_s"])
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5)
+
+
 def test_bad_images_are_reported_and_the_rest_computed(kodak_dir, tmp_path):
     data = tmp_path / "imgs"
     data.mkdir()

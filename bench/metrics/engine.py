@@ -70,26 +70,43 @@ class MetricEngine:
 
     def score(self, ref: np.ndarray, recon: np.ndarray, names: Iterable[str] | None = None,
               captions: list[str] | None = None) -> dict:
+        """Scores of one pair: ``{name: float or MetricError}``."""
+        return self.score_batch([ref], [recon], names, [captions or []])[0]
+
+    def score_batch(self, refs: list[np.ndarray], recons: list[np.ndarray], names: Iterable[str] | None = None,
+                    captions: list[list[str]] | None = None) -> list[dict]:
+        """Scores of several pairs of one size, each metric called once on the stacked batch
+        (B, 3, H, W); metrics that use captions are called pair by pair. Returns one dict per pair."""
+        import torch
+
         names = list(names) if names is not None else self.names
-        if ref.shape != recon.shape:
-            raise MetricError(f"reference {ref.shape} and reconstruction {recon.shape} differ in shape")
-        h, w = ref.shape[:2]
-        ref_t = to_tensor(ref, self.device)
-        rec_t = to_tensor(recon, self.device)
-        out: dict = {}
+        captions = captions or [[] for _ in refs]
+        for ref, recon in zip(refs, recons):
+            if ref.shape != recon.shape or ref.shape != refs[0].shape:
+                raise MetricError(f"reference {ref.shape} and reconstruction {recon.shape} differ in shape "
+                                  f"(a batch holds pairs of one size, here {refs[0].shape})")
+        h, w = refs[0].shape[:2]
+        ref_t = torch.cat([to_tensor(r, self.device) for r in refs])
+        rec_t = torch.cat([to_tensor(r, self.device) for r in recons])
+        out: list[dict] = [{} for _ in refs]
         for name in names:
             spec = self.specs[name]
             try:
                 spec.check_size(h, w)
                 if getattr(spec, "uses_captions", False):
-                    if not captions:
-                        raise MetricError(f"{name} needs ground-truth captions; this dataset has none")
-                    value = self.scorer(name)(rec_t, ref_t, captions)
+                    values = []
+                    for i, caps in enumerate(captions):
+                        if not caps:
+                            raise MetricError(f"{name} needs ground-truth captions; this dataset has none")
+                        values.append(float(self.scorer(name)(rec_t[i:i + 1], ref_t[i:i + 1], caps).reshape(-1)[0]))
                 else:
-                    value = self.scorer(name)(rec_t, ref_t)
-                out[name] = float(value.reshape(-1)[0])
+                    values = self.scorer(name)(rec_t, ref_t).reshape(-1).tolist()
+                for i, v in enumerate(values):
+                    out[i][name] = float(v)
             except MetricError as exc:
-                out[name] = exc
+                for o in out:
+                    o[name] = exc
             except RuntimeError as exc:  # e.g. out of memory: report, keep the other metrics
-                out[name] = MetricError(f"{name} failed on a {w}×{h} image: {exc}")
+                for o in out:
+                    o[name] = MetricError(f"{name} failed on {len(refs)} {w}×{h} image(s): {exc}")
         return out
