@@ -109,19 +109,30 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "kodak"))
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--images", type=int, default=8, help="Kodak images scored for the overhead figure")
+    ap.add_argument("--images", type=int, default=24, help="Kodak images scored for the overhead figure")
     ap.add_argument("--run-images", type=int, default=24, help="Kodak images of the resume and workers runs")
     ap.add_argument("--device", default="cpu", help="device for the metric throughput figures")
-    ap.add_argument("--only", choices=["ratios", "throughput"], help="run one part only")
+    ap.add_argument("--only", help="comma list of parts: overhead, resume, workers, throughput [default: all]")
     args = ap.parse_args()
-    if args.only != "ratios":
+    parts = set(args.only.split(",")) if args.only else {"overhead", "resume", "workers", "throughput"}
+    if "throughput" in parts:
         throughput(args.data_dir, args.device)
-    if args.only == "throughput":
+    if not parts & {"overhead", "resume", "workers"}:
         return
     tmp = Path(tempfile.mkdtemp(prefix="bench-perf-"))
     print(f"python {sys.version.split()[0]}; median of {args.repeat} runs of whole processes\n")
 
-    # 1. overhead: codec work done once; each timed run scores the same stored pairs from scratch.
+    if "overhead" in parts:
+        overhead(args, tmp)
+    if "resume" in parts:
+        resume(args, tmp)
+    if "workers" in parts:
+        workers(args, tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def overhead(args, tmp: Path) -> None:
+    """Codec work done once; each timed run scores the same stored pairs from scratch."""
     prepared = tmp / "prepared"
     timed(run_args(args.data_dir, prepared, args.images, "30", "none"))
     pairs = []
@@ -143,7 +154,10 @@ def main() -> None:
     print(f"(info)    {plain / direct:8.3f}   the same pyiqa loop without / with the malloc settings "
           f"({plain:.2f} s vs {direct:.2f} s)")
 
-    # 2. resume: a finished run re-run with the same command.
+
+
+def resume(args, tmp: Path) -> None:
+    """A finished run re-run with the same command."""
     resumed = tmp / "resume"
     n = args.run_images
     first = timed(run_args(args.data_dir, resumed, n, "10,50,90", METRICS))
@@ -151,7 +165,10 @@ def main() -> None:
     report("resume", again / first, "≤ 0.02", again / first <= 0.02,
            f"re-run {again:.2f} s vs first run {first:.2f} s, {3 * n} units")
 
-    # 3. workers: the same fresh run with 1 and 2 worker processes.
+
+
+def workers(args, tmp: Path) -> None:
+    """The same fresh run with 1 and 2 worker processes."""
     def fresh(n):
         out = tmp / f"w{n}"
         return lambda: shutil.rmtree(out, ignore_errors=True), lambda: run_args(args.data_dir, out, args.run_images,
@@ -161,7 +178,6 @@ def main() -> None:
     one, _ = median_of(args.repeat, cmd1, clear1)
     two, _ = median_of(args.repeat, cmd2, clear2)
     report("workers", one / two, "≥ 1.7", one / two >= 1.7, f"1 worker {one:.2f} s vs 2 workers {two:.2f} s")
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
