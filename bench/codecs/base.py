@@ -17,6 +17,7 @@ RGB image of the same size:
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,7 +27,7 @@ class CodecError(RuntimeError):
     """An adapter failed on an input; the message says why and what to do."""
 
 
-class Codec:
+class Codec(ABC):
     """Base class of all codec adapters (see module docstring for the contract)."""
 
     name: ClassVar[str] = ""
@@ -47,11 +48,13 @@ class Codec:
         """``(True, "")`` if usable here, else ``(False, reason and remedy)``."""
         return True, ""
 
+    @abstractmethod
     def encode(self, rgb: np.ndarray, point: Any, seed: int = 0) -> bytes:
-        raise NotImplementedError(f"{type(self).__name__} must implement encode()")
+        """uint8 (H, W, 3) RGB at rate ``point`` -> the bitstream (everything the decoder needs)."""
 
+    @abstractmethod
     def decode(self, data: bytes, seed: int = 0) -> np.ndarray:
-        raise NotImplementedError(f"{type(self).__name__} must implement decode()")
+        """The bitstream alone -> uint8 (H, W, 3) RGB of the original size."""
 
     def bits_breakdown(self, data: bytes) -> dict[str, int] | None:
         """Optional split of ``8*len(data)`` into payload / side / container bits."""

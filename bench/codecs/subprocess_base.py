@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from abc import abstractmethod
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
@@ -94,11 +95,13 @@ class SubprocessCodec(Codec):
         with Image.open(path) as img:
             return np.asarray(img.convert("RGB"))
 
+    @abstractmethod
     def encode_args(self, src: str, dst: str, point: Any) -> list[str]:
-        raise NotImplementedError
+        """Encoder arguments: read the image ``src``, write the bitstream ``dst`` at ``point``."""
 
+    @abstractmethod
     def decode_args(self, src: str, dst: str) -> list[str]:
-        raise NotImplementedError
+        """Decoder arguments: read the bitstream ``src``, write the image ``dst``."""
 
     def encode(self, rgb: np.ndarray, point: Any, seed: int = 0) -> bytes:
         check_rgb(rgb)
