@@ -293,22 +293,21 @@ class _Planner:
                     usable.append(m)
                 except ValueError as exc:
                     self.result.problems.append(f"image {item.id}: {exc}")
-            for plan in self.plans:
-                for point in plan.points:
-                    for seed in plan.seeds:
-                        task = self.task(item, sha, plan, point, seed, usable)
-                        if task is None:
-                            self.result.units_skipped += 1
-                            yield None
-                            continue
-                        if sample is None:
-                            try:
-                                sample = self.loader.load(item)
-                            except ImageError as exc:
-                                self.result.problems.append(f"image {item.id}: {exc}")
-                                break
-                        task.rgb, task.captions = sample.rgb, sample.captions
-                        yield task
+            todo = [self.task(item, sha, plan, point, seed, usable)
+                    for plan in self.plans for point in plan.points for seed in plan.seeds]
+            if sample is None and any(todo):
+                try:
+                    sample = self.loader.load(item)
+                except ImageError as exc:  # changed on disk since it was hashed
+                    self.result.problems.append(f"image {item.id}: {exc}")
+                    self.result.units_failed += sum(t is not None for t in todo)
+                    todo = [t for t in todo if t is None]
+            for task in todo:
+                if task is None:
+                    self.result.units_skipped += 1
+                else:
+                    task.rgb, task.captions = sample.rgb, sample.captions
+                yield task
 
     def task(self, item: Item, sha: str, plan: CodecPlan, point: Any, seed: int,
              metrics: list[str]) -> UnitTask | None:
