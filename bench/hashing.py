@@ -20,6 +20,19 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+_cache: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_file_cached(path: str | os.PathLike) -> str:
+    """:func:`sha256_file`, remembered in-process by (absolute path, size, mtime): files that
+    are checked again and again (weights, external programs) are read once per process."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _cache:
+        _cache[key] = sha256_file(path)
+    return _cache[key]
+
+
 def sha256_json(obj: Any) -> str:
     """sha256 of the canonical JSON of ``obj`` (sorted keys; non-JSON values as str)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()

@@ -259,8 +259,6 @@ class _Planner:
 
     def __init__(self, exp: Experiment, store: RunStore, loader: Loader, plans: list[CodecPlan],
                  metrics: list[str], result: RunResult) -> None:
-        from bench.metrics import iqa  # noqa: F401  (registers metric specs; no torch import)
-
         self.exp, self.store, self.loader, self.plans, self.result = exp, store, loader, plans, result
         self.metrics = metrics
         self.specs = {m: registry.get("metric", m).obj for m in metrics}
@@ -457,8 +455,6 @@ def run_set_metrics(store: RunStore, loader: Loader, items: list[Item], plans: l
     ``value`` (float), ``n_images`` and optional ``extra`` (protocol, n_patches, ...).
     A result is keyed by the unit keys of its images and the metric version.
     """
-    from bench.store import content_key as key_of
-
     specs = {n: registry.get("metric", n).obj for n in names}
     dataset = loader.card.name
     groups = [(p, pt, sd) for p in plans for pt in p.points for sd in p.seeds]
@@ -471,7 +467,7 @@ def run_set_metrics(store: RunStore, loader: Loader, items: list[Item], plans: l
         if not ids:
             continue
         for name, spec in specs.items():
-            key = key_of(units=[done[it.id][0] for it in ids], metric=spec.version())
+            key = content_key(units=[done[it.id][0] for it in ids], metric=spec.version())
             if store.set_metric_key(dataset, plan.card.name, point_str(point), seed, name) == key:
                 continue
             try:

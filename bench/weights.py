@@ -265,16 +265,7 @@ def path(id: str) -> Path:
 
 
 # ---------------------------------------------------------------------------- checks
-_hash_cache: dict[tuple[str, int, int], str] = {}
-
-
-def sha256_file(p: str | os.PathLike) -> str:
-    """sha256 of a file (cached in-process by path, size and mtime)."""
-    st = os.stat(p)
-    key = (os.path.abspath(p), st.st_size, st.st_mtime_ns)
-    if key not in _hash_cache:
-        _hash_cache[key] = hashing.sha256_file(p)
-    return _hash_cache[key]
+sha256_file = hashing.sha256_file_cached  # cached in-process by path, size and mtime
 
 
 def status(id: str, verify: bool = True) -> str:

@@ -24,14 +24,13 @@ import numpy as np
 from PIL import Image
 
 from bench.codecs.base import Codec, CodecError, check_rgb
-from bench.hashing import sha256_file
+from bench.hashing import sha256_file_cached
 
 
 def env_var_for(executable: str) -> str:
     return "BENCH_" + "".join(c if c.isalnum() else "_" for c in executable).upper()
 
 
-_file_sha256 = lru_cache(maxsize=None)(sha256_file)  # programs do not change during a run
 
 
 class SubprocessCodec(Codec):
@@ -125,7 +124,7 @@ class SubprocessCodec(Codec):
     def provenance(self) -> dict[str, Any]:
         out = {}
         for role, path in self.paths.items():
-            out[role] = {"path": path, "sha256": _file_sha256(path), "version": program_version(path, self.version_args)}
+            out[role] = {"path": path, "sha256": sha256_file_cached(path), "version": program_version(path, self.version_args)}
         return out
 
 
