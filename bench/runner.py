@@ -55,7 +55,8 @@ class Experiment:
     out: str = "runs/default"
     workers: int = 1
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str = "float32"  # learned codecs' compute dtype: float32, float16 or bfloat16
+    init: str = "pretrained"  # learned codecs: "pretrained" (official weights) or "random" (smoke tests)
     limit: int | None = None  # only the first N images (quick looks)
     batch: int = 1  # units of one image scored together (one forward per metric); a kill loses one batch
 
@@ -135,10 +136,11 @@ def plan_codecs(exp: Experiment) -> list[CodecPlan]:
     return plans
 
 
-def build_codec(card: Card, device: str) -> Codec:
+def build_codec(card: Card, device: str = "cpu", dtype: str = "float32", init: str = "pretrained") -> Codec:
+    """A new adapter instance configured by ``card`` and the run's device, dtype and init."""
     adapter = registry.get("codec", card.target).obj
     try:
-        return adapter(device=device, **(card.get("params") or {}))
+        return adapter(device=device, dtype=dtype, init=init, **(card.get("params") or {}))
     except TypeError as exc:
         raise ExperimentError(f"codec card {card.name!r} ({card.path}): bad params for {card.target}: {exc}") from exc
 

@@ -6,7 +6,7 @@ import pytest
 from bench import cards, registry
 from bench.codecs.base import CodecError, check_recon
 from bench.codecs.classical import jpeg_segments
-from bench.codecs.subprocess_base import SubprocessCodec, env_var_for
+from bench.codecs.external import SubprocessCodec, env_var_for
 from bench.runner import build_codec
 
 CARDS = ["jpeg", "jpeg-444", "webp", "avif", "jxl", "avifenc", "cjxl"]

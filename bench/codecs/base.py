@@ -14,6 +14,18 @@ RGB image of the same size:
 * Padding/cropping to a block size is the adapter's job and is undone on decode.
 * ``version`` is part of every result's resume key: bump it when a change to
   the adapter changes its bytes or reconstructions.
+* ``fingerprint()`` is the rest of the resume key: everything outside the card
+  and the adapter's code that can change bytes or pixels (library versions,
+  external programs' sha256, weight files' sha256, dtype). The runner computes
+  it once per card per invocation; a unit stored under another fingerprint is
+  recomputed.
+* The harness builds one instance for encoding and a separate, fresh instance
+  (from the same card) for decoding, so no instance state can carry the image
+  from encoder to decoder.
+* ``weights`` labels where a learned adapter's parameters came from:
+  ``"none"`` (no learned parameters), ``"pretrained"`` (official files,
+  checked by sha256) or ``"random"`` (``--init random``: seeded random weights
+  for smoke tests; figures, golden and reference comparisons refuse such rows).
 """
 from __future__ import annotations
 
@@ -21,6 +33,9 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
+
+
+INITS = ("pretrained", "random")
 
 
 class CodecError(RuntimeError):
@@ -39,9 +54,21 @@ class Codec(ABC):
     stochastic: ClassVar[bool] = False  # True: decode(data, seed) depends on seed
     description: ClassVar[str] = ""
 
-    def __init__(self, device: str = "cpu", **params: Any) -> None:
+    def __init__(self, device: str = "cpu", dtype: str = "float32", init: str = "pretrained", **params: Any) -> None:
+        """``device``/``dtype``/``init`` are the run's settings (``--device``, ``--dtype``,
+        ``--init``); adapters without learned parameters ignore them. ``params`` come
+        from the card."""
+        if init not in INITS:
+            raise CodecError(f"init must be one of {', '.join(INITS)}, got {init!r}")
         self.device = device
+        self.dtype = dtype
+        self.init = init
         self.params = params
+
+    @property
+    def weights(self) -> str:
+        """"none", "pretrained" or "random" (see module docstring)."""
+        return "none"
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -63,6 +90,13 @@ class Codec(ABC):
     def provenance(self) -> dict[str, Any]:
         """What produced the bytes: library versions, binary paths and hashes."""
         return {}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the resume key covers beyond the card's parameters and ``version``:
+        library/program/weight versions that can change bytes or pixels. JSON-able.
+        Default: ``provenance()``; override to leave out what cannot change results
+        (e.g. a program's path when its sha256 is there)."""
+        return self.provenance()
 
 
 def check_rgb(rgb: np.ndarray) -> None:

@@ -1,4 +1,6 @@
-"""Base class for codecs that run external encoder/decoder programs.
+"""External programs: the base class for codecs that run encoder/decoder programs as
+subprocesses, and the adapters built on it (libavif's avifenc/avifdec and libjxl's
+cjxl/djxl from Debian packages; VTM and BPG join them).
 
 A subclass names its programs in ``programs`` (role -> default executable) and
 implements ``encode_args``/``decode_args``. The executable for a role is found,
@@ -25,13 +27,11 @@ from PIL import Image
 
 from bench.codecs.base import Codec, CodecError, check_rgb
 from bench.hashing import sha256_file_cached
+from bench.registry import register
 
 
 def env_var_for(executable: str) -> str:
     return "BENCH_" + "".join(c if c.isalnum() else "_" for c in executable).upper()
-
-
-
 
 class SubprocessCodec(Codec):
     """Codec adapter around external programs (see module docstring)."""
@@ -127,6 +127,11 @@ class SubprocessCodec(Codec):
             out[role] = {"path": path, "sha256": sha256_file_cached(path), "version": program_version(path, self.version_args)}
         return out
 
+    def fingerprint(self) -> dict[str, Any]:
+        """Each program's sha256 and version string (not its path: a moved, identical
+        program gives the same results)."""
+        return {role: {k: v for k, v in info.items() if k != "path"} for role, info in self.provenance().items()}
+
 
 @lru_cache(maxsize=None)
 def program_version(path: str, args: tuple[str, ...]) -> str:
@@ -138,3 +143,60 @@ def program_version(path: str, args: tuple[str, ...]) -> str:
     text = (proc.stdout or b"").decode(errors="replace") + (proc.stderr or b"").decode(errors="replace")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[0] if lines else "unknown"
+
+
+
+@register("codec", "avifenc")
+class AvifEnc(SubprocessCodec):
+    """AVIF through avifenc/avifdec. Rate point = AV1 quantizer 0 (best) .. 63
+    (``--min Q --max Q``; avifenc 0.11 has no ``-q``). ``yuv``: "444" or "420"."""
+
+    name = "avifenc"
+    point_name = "quantizer"
+    higher_point_is_better = False
+    default_points = (50, 40, 32, 24, 16)
+    programs = {"encoder": "avifenc", "decoder": "avifdec"}
+    install_hint = "Install it with `apt-get install libavif-bin`"
+    bitstream_suffix = ".avif"
+
+    def __init__(self, device="cpu", yuv: str = "444", speed: int = 6, **params):
+        super().__init__(device, yuv=yuv, speed=speed, **params)
+        if str(yuv) not in ("444", "422", "420"):
+            raise CodecError(f"avifenc: yuv must be 444, 422 or 420, got {yuv!r}")
+        self.yuv, self.speed = str(yuv), int(speed)
+
+    def encode_args(self, src, dst, point):
+        q = int(point)
+        if q != point or not 0 <= q <= 63:
+            raise CodecError(f"avifenc: rate point is an integer quantizer in [0, 63], got {point!r}")
+        return ["--min", str(q), "--max", str(q), "-y", self.yuv, "-s", str(self.speed),
+                "-d", "8", "--jobs", "1", src, dst]
+
+    def decode_args(self, src, dst):
+        return ["--jobs", "1", src, dst]
+
+
+@register("codec", "cjxl")
+class CJXL(SubprocessCodec):
+    """JPEG XL through cjxl/djxl. Rate point = Butteraugli distance (``-d``)."""
+
+    name = "cjxl"
+    point_name = "distance"
+    higher_point_is_better = False
+    default_points = (0.5, 1.0, 2.0, 4.0, 8.0)
+    programs = {"encoder": "cjxl", "decoder": "djxl"}
+    install_hint = "Install it with `apt-get install libjxl-tools`"
+    bitstream_suffix = ".jxl"
+
+    def __init__(self, device="cpu", effort: int = 7, **params):
+        super().__init__(device, effort=effort, **params)
+        self.effort = int(effort)
+
+    def encode_args(self, src, dst, point):
+        d = float(point)
+        if not 0.0 < d <= 25.0:
+            raise CodecError(f"cjxl: rate point is a distance in (0, 25], got {point!r}")
+        return [src, dst, "-d", f"{d:g}", "-e", str(self.effort), "--quiet"]
+
+    def decode_args(self, src, dst):
+        return [src, dst, "--quiet"]
