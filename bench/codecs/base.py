@@ -14,10 +14,10 @@ RGB image of the same size:
 * Padding/cropping to a block size is the adapter's job and is undone on decode.
 * ``version`` is part of every result's resume key: bump it when a change to
   the adapter changes its bytes or reconstructions.
-* ``fingerprint()`` is the rest of the resume key: everything outside the card
+* ``fingerprint(point)`` is the rest of the resume key: everything outside the card
   and the adapter's code that can change bytes or pixels (library versions,
   external programs' sha256, weight files' sha256, dtype). The runner computes
-  it once per card per invocation; a unit stored under another fingerprint is
+  it once per card and point per invocation; a unit stored under another fingerprint is
   recomputed.
 * The harness builds one instance for encoding and a separate, fresh instance
   (from the same card) for decoding, so no instance state can carry the image
@@ -91,9 +91,11 @@ class Codec(ABC):
         """What produced the bytes: library versions, binary paths and hashes."""
         return {}
 
-    def fingerprint(self) -> dict[str, Any]:
-        """What the resume key covers beyond the card's parameters and ``version``:
-        library/program/weight versions that can change bytes or pixels. JSON-able.
+    def fingerprint(self, point: Any) -> dict[str, Any]:
+        """What the resume key of a unit at rate ``point`` covers beyond the card's
+        parameters and ``version``: library/program/weight versions that can change
+        bytes or pixels (a learned codec: the sha256 of that point's weight file, so
+        a new file recomputes only its point). JSON-able; must not build a model.
         Default: ``provenance()``; override to leave out what cannot change results
         (e.g. a program's path when its sha256 is there)."""
         return self.provenance()

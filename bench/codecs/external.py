@@ -127,7 +127,7 @@ class SubprocessCodec(Codec):
             out[role] = {"path": path, "sha256": sha256_file_cached(path), "version": program_version(path, self.version_args)}
         return out
 
-    def fingerprint(self) -> dict[str, Any]:
+    def fingerprint(self, point: Any = None) -> dict[str, Any]:
         """Each program's sha256 and version string (not its path: a moved, identical
         program gives the same results)."""
         return {role: {k: v for k, v in info.items() if k != "path"} for role, info in self.provenance().items()}
