@@ -15,7 +15,8 @@ loader's fields (files, pixel hashes, source URLs, licence, protocol).
 
 Card directories searched, in order: ``$BENCH_CARDS`` (os.pathsep-separated
 roots, each holding ``codecs/`` and/or ``datasets/``), then the repository root
-of this checkout. A card's hash (sha256 of its canonical JSON) keys resume.
+of this checkout. A card's ``result_hash`` (sha256 of its adapter and parameters, not its prose)
+keys resume; ``hash`` (the whole card) goes into provenance.
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ from bench.hashing import sha256_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CARD_DIRS = {"codec": "codecs", "dataset": "datasets"}
+# Card fields that decide results (the rest is prose or defaults the run overrides).
+RESULT_FIELDS = {"codec": ("adapter", "params"), "dataset": ("loader", "protocol", "transform")}
 
 
 class CardError(ValueError):
@@ -52,7 +55,15 @@ class Card:
 
     @property
     def hash(self) -> str:
+        """sha256 of the whole card (provenance: any edit changes it)."""
         return sha256_json(self.body)
+
+    @property
+    def result_hash(self) -> str:
+        """sha256 of the fields that can change results (``RESULT_FIELDS``): part of every
+        unit's resume key. Prose (description, colour, licence, URLs) and the default
+        points (a point is part of each unit's coordinates anyway) are left out."""
+        return sha256_json({k: self.body.get(k) for k in RESULT_FIELDS[self.kind]})
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.body.get(key, default)

@@ -48,20 +48,33 @@ def _fail(message: str, code: int = 2) -> None:
 
 @app.command("run")
 def run_cmd(
-    experiment: Optional[Path] = typer.Argument(None, help="Experiment YAML (keys as the options below)."),
-    dataset: Optional[str] = typer.Option(None, help="Dataset card name or path [default: samples]."),
-    data_dir: Optional[str] = typer.Option(None, help="Folder holding the dataset's files."),
-    codec: Optional[str] = typer.Option(None, help="Comma list of codec card names or card paths [default: jpeg,webp]."),
-    points: Optional[str] = typer.Option(None, help="Comma list of rate points for every codec (else each card's)."),
-    metrics: Optional[str] = typer.Option(None, help="Comma list of metrics, or 'all' [default: psnr,ssim,ms_ssim,gmsd]."),
-    seeds: Optional[str] = typer.Option(None, help="Comma list of decoder seeds (stochastic codecs only)."),
-    out: Optional[str] = typer.Option(None, help="Run directory [default: runs/default]; re-running resumes it."),
-    workers: Optional[int] = typer.Option(None, help="Parallel worker processes [default: 1]."),
-    device: Optional[str] = typer.Option(None, help="cpu or cuda[:N] [default: cpu]."),
-    dtype: Optional[str] = typer.Option(None, help="float32, or float16 for learned codecs on GPU."),
-    limit: Optional[int] = typer.Option(None, help="Only the first N images."),
+    experiment: Optional[Path] = typer.Argument(None, help="Experiment YAML (keys as the options below; options "
+                                                "given on the command line win)."),
+    dataset: Optional[str] = typer.Option(None, help="Dataset card name or path.",
+                                          show_default="samples; folder when --data-dir is given"),
+    data_dir: Optional[str] = typer.Option(None, help="Folder holding the dataset's files (alone: your own images).",
+                                           show_default="the card's place"),
+    codec: Optional[str] = typer.Option(None, help="Comma list of codec card names or card paths.",
+                                        show_default="jpeg,webp"),
+    points: Optional[str] = typer.Option(None, help="Comma list of rate points for every codec.",
+                                         show_default="each card's points"),
+    metrics: Optional[str] = typer.Option(None, help="Comma list of metrics, 'all' or 'none'.",
+                                          show_default="psnr,ssim,ms_ssim,gmsd"),
+    seeds: Optional[str] = typer.Option(None, help="Comma list of decoder seeds (stochastic codecs only).",
+                                        show_default="0"),
+    out: Optional[str] = typer.Option(None, help="Run directory; re-running the same command resumes it.",
+                                      show_default="runs/default"),
+    workers: Optional[int] = typer.Option(None, help="Parallel worker processes.", show_default="1"),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N.", show_default="cpu"),
+    dtype: Optional[str] = typer.Option(None, help="Learned codecs' compute dtype: float32, float16 or bfloat16 "
+                                        "(reduced precision is for GPUs).", show_default="float32"),
+    init: Optional[str] = typer.Option(None, help="Learned codecs' weights: pretrained (official files) or random "
+                                       "(seeded random weights: a smoke test with no download; such rows are "
+                                       "labelled weights=random and kept out of figures and comparisons).",
+                                       show_default="pretrained"),
+    limit: Optional[int] = typer.Option(None, help="Only the first N images.", show_default="all"),
     batch: Optional[int] = typer.Option(None, help="Units of one image scored together, one forward per metric "
-                                        "(useful on GPU) [default: 1]; a killed run loses at most one batch."),
+                                        "(useful on GPU); a killed run loses at most one batch.", show_default="1"),
     plot: bool = typer.Option(True, help="Write rate–metric plots when done."),
 ) -> None:
     """Run (or resume) an experiment and print a per-point summary."""
@@ -70,7 +83,7 @@ def run_cmd(
     overrides = dict(dataset=dataset, data_dir=data_dir, codecs=_split(codec),
                      points=[_point(p) for p in _split(points)] if points else None, metrics=_split(metrics),
                      seeds=[int(s) for s in _split(seeds)] if seeds else None, out=out, workers=workers,
-                     device=device, dtype=dtype, limit=limit, batch=batch)
+                     device=device, dtype=dtype, init=init, limit=limit, batch=batch)
     try:
         exp = (Experiment.from_yaml(experiment, **overrides) if experiment
                else Experiment(**{k: v for k, v in overrides.items() if v is not None}))
@@ -121,7 +134,9 @@ def run_cmd(
 
 
 def _print_summary(run_dir: Path) -> None:
-    """The per-point table: one row per codec, point and seed; mean bpp and one column per metric."""
+    """The per-point table: one row per codec, point and seed; mean bpp and one column per metric.
+    Each value is a mean over the images it covers: where that is fewer than the point's
+    images (a metric that does not fit some sizes), the cell says over how many."""
     import pyarrow.parquet as pq
 
     from bench.store import StoreError
@@ -136,14 +151,28 @@ def _print_summary(run_dir: Path) -> None:
     metrics = sorted({r["metric"] for r in rows})
     points: dict[tuple, dict] = {}
     for r in rows:
-        entry = points.setdefault((r["codec"], r["point"], r["seed"]), {"bpp": r["mean_bpp"]})
+        label = r["codec"] + (" [random weights]" if r.get("weights") == "random" else "")
+        entry = points.setdefault((label, r["point"], r["seed"]), {"bpp": None, "n": {}, "n_bpp": -1})
         entry[r["metric"]] = r["value"]
-    table = Table(title=f"{rows[0]['dataset']} — mean over {max(r['n_images'] for r in rows)} images")
+        entry["n"][r["metric"]] = r["n_images"]
+        if r["n_images"] > entry["n_bpp"]:  # bpp over every image of the point
+            entry["bpp"], entry["n_bpp"] = r["mean_bpp"], r["n_images"]
+    counts = {n for e in points.values() for n in e["n"].values()}
+    title = (f"mean over {counts.pop()} images" if len(counts) == 1
+             else "mean over the images each value covers (n = images, where fewer than the point's)")
+    table = Table(title=f"{rows[0]['dataset']} — {title}")
     for col in ["codec", "point", "seed", "bpp", *metrics]:
         table.add_column(col, justify="left" if col in ("codec", "point") else "right")
-    cell = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+
+    def cell(vals: dict, metric: str) -> str:
+        v = vals.get(metric)
+        if v is None:
+            return ""
+        n, most = vals["n"].get(metric), vals["n_bpp"]
+        return f"{v:.4f}" + (f" (n={n})" if n is not None and n < most else "")
+
     for (codec, point, seed), vals in sorted(points.items(), key=lambda kv: (kv[0][0], kv[1]["bpp"] or 0)):
-        table.add_row(codec, point, str(seed), *[cell(vals.get(m)) for m in ["bpp", *metrics]])
+        table.add_row(codec, point, str(seed), cell(vals, "bpp"), *[cell(vals, m) for m in metrics])
     console.print(table)
 
 

@@ -5,10 +5,18 @@
                             metrics=["psnr", "ms_ssim"], out="runs/kodak"))
 
 A unit of work is one image × codec card × rate point × seed: encode, store the
-bytes, decode from the stored bytes alone, store the reconstruction, then score
-it with every requested metric. Units already in the run directory (same
-content key) are skipped; metrics already computed (same metric version) are
-not recomputed. Problems with one image, unit or metric are collected and
+bytes, decode from the stored bytes alone with a separate adapter instance built
+from the same card (so no state of the encoding instance can reach the decoder),
+store the reconstruction, then score it with every requested metric.
+
+A unit's key covers everything that can change its result: the image's pixel
+sha256, the card's parameters (``Card.result_hash``, not its prose), the adapter
+and its version, the adapter's ``fingerprint(point)`` (library versions, external
+programs' sha256, weight files' sha256, dtype), the weights label, point and
+seed. Units already in the run directory under the same key are skipped; metric
+values already computed under the same metric version are not recomputed; a
+set metric is recomputed when any unit it covers, its version or the dataset's
+annotations change. Problems with one image, unit or metric are collected and
 reported; they never abort the others.
 """
 from __future__ import annotations
@@ -33,6 +41,7 @@ from bench.data.loaders import Item, Loader, Sample, open_dataset
 from bench.store import RunStore, UnitPaths, atomic_path, atomic_write_bytes, content_key, point_str
 
 DEFAULT_METRICS = ("psnr", "ssim", "ms_ssim", "gmsd")
+DTYPES = ("float32", "float16", "bfloat16")
 DEFAULT_CODECS = ("jpeg", "webp")
 
 
@@ -46,7 +55,7 @@ class Experiment:
     ``{"name": ..., "points": [...]}``; ``points`` overrides every codec's points.
     ``seeds`` apply to stochastic codecs only (deterministic ones use seed 0)."""
 
-    dataset: str = "samples"
+    dataset: str | None = None  # None: "folder" when data_dir is given (your images), else "samples"
     data_dir: str | None = None
     codecs: list[Any] = field(default_factory=lambda: list(DEFAULT_CODECS))
     points: list[Any] | None = None
@@ -59,6 +68,10 @@ class Experiment:
     init: str = "pretrained"  # learned codecs: "pretrained" (official weights) or "random" (smoke tests)
     limit: int | None = None  # only the first N images (quick looks)
     batch: int = 1  # units of one image scored together (one forward per metric); a kill loses one batch
+
+    def __post_init__(self) -> None:
+        if self.dataset is None:
+            self.dataset = "folder" if self.data_dir else "samples"
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "Experiment":
@@ -74,12 +87,41 @@ class Experiment:
         return cls(**body)
 
 
+    def check(self) -> None:
+        """Raise ExperimentError for settings that cannot work."""
+        from bench.codecs.base import INITS
+
+        if self.workers < 1 or self.batch < 1:
+            raise ExperimentError("--workers and --batch must be at least 1")
+        if self.dtype not in DTYPES:
+            raise ExperimentError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.init not in INITS:
+            raise ExperimentError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ExperimentError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
+
+    @property
+    def settings(self) -> "CodecSettings":
+        return CodecSettings(self.device, self.dtype, self.init)
+
+
+@dataclass(frozen=True)
+class CodecSettings:
+    """The run's settings every adapter instance is built with."""
+
+    device: str = "cpu"
+    dtype: str = "float32"
+    init: str = "pretrained"
+
+
 @dataclass
 class CodecPlan:
     card: Card
     adapter: type[Codec]
     points: list[Any]
     seeds: list[int]
+    codec: Codec  # an instance built in the main process: fingerprints, weights label, provenance
+    fingerprints: dict[str, dict] = field(default_factory=dict)  # point_str -> codec.fingerprint(point)
 
 
 @dataclass
@@ -97,6 +139,7 @@ class UnitTask:
     metrics: list[str]
     recon_path: Path | None = None
     captions: list[str] = field(default_factory=list)
+    fingerprint: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -132,21 +175,26 @@ def plan_codecs(exp: Experiment) -> list[CodecPlan]:
         if not points:
             raise ExperimentError(f"codec {card.name!r} has no rate points: give --points or put points: in its card")
         seeds = list(exp.seeds) if adapter.stochastic else [0]
-        plans.append(CodecPlan(card, adapter, list(points), seeds))
+        codec = build_codec(card, exp.settings)
+        try:
+            fingerprints = {point_str(p): codec.fingerprint(p) for p in points}
+        except (CodecError, OSError, ValueError) as exc:
+            raise ExperimentError(f"codec {card.name!r}: {exc}") from exc
+        plans.append(CodecPlan(card, adapter, list(points), seeds, codec, fingerprints))
     return plans
 
 
-def build_codec(card: Card, device: str = "cpu", dtype: str = "float32", init: str = "pretrained") -> Codec:
+def build_codec(card: Card, settings: CodecSettings = CodecSettings()) -> Codec:
     """A new adapter instance configured by ``card`` and the run's device, dtype and init."""
     adapter = registry.get("codec", card.target).obj
     try:
-        return adapter(device=device, dtype=dtype, init=init, **(card.get("params") or {}))
-    except TypeError as exc:
+        return adapter(device=settings.device, dtype=settings.dtype, init=settings.init, **(card.get("params") or {}))
+    except (TypeError, CodecError) as exc:
         raise ExperimentError(f"codec card {card.name!r} ({card.path}): bad params for {card.target}: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------- work (any process)
-_worker_codecs: dict[str, Codec] = {}
+_worker_codecs: dict[tuple, Codec] = {}
 _worker_engine: dict[str, Any] = {}
 
 
@@ -156,10 +204,13 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _codec(card: Card, device: str) -> Codec:
-    if card.hash not in _worker_codecs:
-        _worker_codecs[card.hash] = build_codec(card, device)
-    return _worker_codecs[card.hash]
+def _codec(card: Card, settings: CodecSettings, role: str) -> Codec:
+    """This process's ``role`` ("encode" or "decode") instance for ``card``: two separate
+    instances, so nothing an encoder keeps on itself can reach the decoder."""
+    key = (card.hash, settings, role)
+    if key not in _worker_codecs:
+        _worker_codecs[key] = build_codec(card, settings)
+    return _worker_codecs[key]
 
 
 def _engine(names: list[str], device: str):
@@ -172,7 +223,7 @@ def _engine(names: list[str], device: str):
     return engine
 
 
-def _code_unit(task: UnitTask, device: str) -> tuple[dict, np.ndarray | None]:
+def _code_unit(task: UnitTask, settings: CodecSettings) -> tuple[dict, np.ndarray | None]:
     """Codec work of one unit (or reading its stored reconstruction): (result, recon or None)."""
     out: dict = {"unit_key": task.unit_key, "unit": None, "metrics": {}, "errors": []}
     where = f"{task.card.name} @ {point_str(task.point)} on {task.image_id}"
@@ -182,19 +233,27 @@ def _code_unit(task: UnitTask, device: str) -> tuple[dict, np.ndarray | None]:
         except ImageError as exc:
             out["errors"].append(f"{where}: stored reconstruction unreadable ({exc}); delete it to recompute")
             return out, None
-    codec = _codec(task.card, device)
     try:
+        encoder = _codec(task.card, settings, "encode")
         t0 = time.perf_counter()
-        data = codec.encode(task.rgb, task.point, task.seed)
+        data = encoder.encode(task.rgb, task.point, task.seed)
         enc_s = time.perf_counter() - t0
-        atomic_write_bytes(task.paths.bitstream, data)
+        if not isinstance(data, (bytes, bytearray)):
+            raise CodecError(f"encode returned {type(data).__name__}, not bytes")
+        atomic_write_bytes(task.paths.bitstream, bytes(data))
         stored = task.paths.bitstream.read_bytes()  # decode from what is on disk, nothing else
+        decoder = _codec(task.card, settings, "decode")
         t0 = time.perf_counter()
-        recon = codec.decode(stored, task.seed)
+        recon = decoder.decode(stored, task.seed)
         dec_s = time.perf_counter() - t0
         recon = check_recon(task.card.name, task.rgb.shape, recon)
-    except (CodecError, OSError, ValueError) as exc:
+        breakdown = decoder.bits_breakdown(stored)
+    except (CodecError, ExperimentError, OSError, ValueError) as exc:
         out["errors"].append(f"{where}: {exc}")
+        out["failed"] = True
+        return out, None
+    except Exception as exc:  # an adapter bug: this unit fails, the run goes on
+        out["errors"].append(f"{where}: adapter error {type(exc).__name__}: {exc}")
         out["failed"] = True
         return out, None
     with atomic_path(task.paths.recon) as tmp:
@@ -204,18 +263,20 @@ def _code_unit(task: UnitTask, device: str) -> tuple[dict, np.ndarray | None]:
     out["unit"] = dict(
         unit_key=task.unit_key, dataset=task.dataset, image_id=task.image_id, image_sha256=task.image_sha256,
         codec=task.card.name, card_hash=task.card.hash, point=point_str(task.point), seed=task.seed,
-        height=h, width=w, bits=bits, bpp=bits / (h * w), rate_kind=codec.rate_kind, enc_s=enc_s, dec_s=dec_s,
-        breakdown=_json(codec.bits_breakdown(stored)), bitstream=str(task.paths.bitstream),
-        recon=str(task.paths.recon), bitstream_sha256=sha256_bytes(stored))
+        height=h, width=w, bits=bits, bpp=bits / (h * w), rate_kind=encoder.rate_kind, enc_s=enc_s, dec_s=dec_s,
+        breakdown=_json(breakdown), bitstream=str(task.paths.bitstream),
+        recon=str(task.paths.recon), bitstream_sha256=sha256_bytes(stored), weights=encoder.weights,
+        fingerprint=_json(task.fingerprint))
     return out, recon
 
 
-def do_units(tasks: list[UnitTask], device: str = "cpu") -> list[dict]:
+def do_units(tasks: list[UnitTask], settings: CodecSettings = CodecSettings()) -> list[dict]:
     """Run units of one image: codec work for each, then every metric once on the batch of
     their reconstructions. Returns one {"unit": row or None, "metrics", "errors"} per task."""
     from bench.metrics.iqa import MetricError
 
-    coded = [_code_unit(t, device) for t in tasks]
+    device = settings.device
+    coded = [_code_unit(t, settings) for t in tasks]
     groups: dict[tuple, list[int]] = {}
     for i, (task, (_, recon)) in enumerate(zip(tasks, coded)):
         if recon is not None and task.metrics:
@@ -266,6 +327,8 @@ class _Planner:
         self.specs = {m: registry.get("metric", m).obj for m in metrics}
         self.versions = {m: self.specs[m].version() for m in metrics}
         self.dataset = loader.card.name
+        # (codec card name, point_str, seed, image id) -> unit key, for every unit planned
+        self.keys: dict[tuple[str, str, int, str], str] = {}
 
     def identity(self, item: Item) -> tuple[str, int, int, Sample | None]:
         cached = self.store.cached_image(item.path)
@@ -311,8 +374,9 @@ class _Planner:
 
     def task(self, item: Item, sha: str, plan: CodecPlan, point: Any, seed: int,
              metrics: list[str]) -> UnitTask | None:
-        key = content_key(image=sha, card=plan.card.hash, adapter=f"{plan.card.target}:{plan.adapter.version}",
-                          point=point_str(point), seed=seed)
+        pt = point_str(point)
+        key = unit_key(sha, plan, pt, seed)
+        self.keys[(plan.card.name, pt, seed, item.id)] = key
         done = self.store.unit_done(key)
         have = self.store.metric_versions(key) if done else {}
         todo = [m for m in metrics if have.get(m) != self.versions[m]]
@@ -320,7 +384,14 @@ class _Planner:
             return None
         paths = self.store.unit_paths(self.dataset, plan.card.name, point_str(point), seed, item.id)
         return UnitTask(self.dataset, item.id, sha, None, plan.card, point, seed, key, paths, not done, todo,
-                        self.store.recon_path(key) if done else None)
+                        self.store.recon_path(key) if done else None, fingerprint=plan.fingerprints[pt])
+
+
+def unit_key(image_sha256: str, plan: CodecPlan, point: str, seed: int) -> str:
+    """The resume key of one unit: everything that can change its bytes or pixels."""
+    return content_key(image=image_sha256, card=plan.card.result_hash,
+                       adapter=f"{plan.card.target}:{plan.adapter.version}", point=point, seed=seed,
+                       fingerprint=plan.fingerprints[point], weights=plan.codec.weights)
 
 
 def run(exp: Experiment, progress: Callable[[str, int, int], None] | None = None) -> RunResult:
@@ -331,8 +402,7 @@ def run(exp: Experiment, progress: Callable[[str, int, int], None] | None = None
     from bench.metrics.engine import split_kinds
 
     t_start = time.perf_counter()
-    if exp.workers < 1 or exp.batch < 1:
-        raise ExperimentError("--workers and --batch must be at least 1")
+    exp.check()
     ds_card = resolve_card("dataset", exp.dataset)
     loader = open_dataset(ds_card, exp.data_dir)
     loader.check()
@@ -347,9 +417,10 @@ def run(exp: Experiment, progress: Callable[[str, int, int], None] | None = None
     record["experiment"] = {k: getattr(exp, k) for k in exp.__dataclass_fields__}
     record["dataset"] = {"card": ds_card.path, "card_hash": ds_card.hash, "data_dir": str(loader.data_dir),
                          "n_images": len(items)}
-    record["codecs"] = {p.card.name: {"card": p.card.path, "card_hash": p.card.hash, "adapter": p.card.target,
+    record["codecs"] = {p.card.name: {"card": p.card.path, "card_hash": p.card.hash,
+                                      "card_result_hash": p.card.result_hash, "adapter": p.card.target,
                                       "adapter_version": p.adapter.version, "points": p.points,
-                                      "provenance": build_codec(p.card, exp.device).provenance()} for p in plans}
+                                      "weights": p.codec.weights, "provenance": p.codec.provenance()} for p in plans}
     record["metrics"] = {**planner.versions, **{m: registry.get("metric", m).obj.version() for m in set_metrics}}
     weight_ids = [w for m in metrics + set_metrics for w in getattr(registry.get("metric", m).obj, "weights", ())]
     if weight_ids:
@@ -359,6 +430,7 @@ def run(exp: Experiment, progress: Callable[[str, int, int], None] | None = None
     total = len(items) * sum(len(p.points) * len(p.seeds) for p in plans)
     result.units_total = total
     finished = 0
+    set_keys: list[str] = []
 
     def handle(res: dict) -> None:
         nonlocal finished
@@ -383,17 +455,22 @@ def run(exp: Experiment, progress: Callable[[str, int, int], None] | None = None
         work = batches(planner.tasks(items), exp.batch)
         if exp.workers == 1:
             for batch in work:
-                for res in do_units(batch, exp.device) if batch else [_skipped(batch)]:
+                for res in do_units(batch, exp.settings) if batch else [_skipped(batch)]:
                     handle(res)
         else:
             _run_pool(work, exp, handle)
         if set_metrics:
-            run_set_metrics(store, loader, items, plans, set_metrics, exp.device, result, progress)
+            set_keys = run_set_metrics(store, loader, items, plans, planner.keys, set_metrics, exp.device, result,
+                                       progress)
     except KeyboardInterrupt:
         result.problems.append("interrupted: finished units are saved; run the same command again to resume")
         raise
     finally:
+        store.set_scope(list(planner.keys.values()), planner.versions, set_keys)
         store.export_tables()
+        others = store.outside_scope()
+        if others:
+            result.problems.append(f"note: {out_dir_note(others)}")
         result.seconds = time.perf_counter() - t_start
         record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         record["summary"] = {"units_total": total, "units_coded": result.units_coded,
@@ -401,6 +478,16 @@ def run(exp: Experiment, progress: Callable[[str, int, int], None] | None = None
         store.record_invocation(record)
         store.close()
     return result
+
+
+def out_dir_note(others: list[tuple]) -> str:
+    """One line naming what a run directory holds beyond the current experiment."""
+    by_codec: dict[tuple[str, str], list[str]] = {}
+    for dataset, codec, point, seed, _ in others:
+        by_codec.setdefault((dataset, codec), []).append(point if seed == 0 else f"{point}/s{seed}")
+    parts = [f"{codec} on {dataset} @ {', '.join(pts)}" for (dataset, codec), pts in by_codec.items()]
+    return (f"the run directory also holds {sum(o[4] for o in others)} units outside this experiment "
+            f"(other codecs, points or versions: {'; '.join(parts)}); they are kept but not in its tables")
 
 
 def metric_needs(spec: Any) -> set[str]:
@@ -447,45 +534,56 @@ def select_metrics(exp: Experiment, loader: Loader) -> tuple[list[str], list[str
     return [n for n in keep if n not in dropped], notes
 
 
-def run_set_metrics(store: RunStore, loader: Loader, items: list[Item], plans: list[CodecPlan], names: list[str],
-                    device: str, result: RunResult, progress: Callable | None = None) -> None:
-    """Per-set metrics (FID, KID, mIoU, ...) for each codec point, from the stored reconstructions.
+def run_set_metrics(store: RunStore, loader: Loader, items: list[Item], plans: list[CodecPlan],
+                    keys: dict[tuple[str, str, int, str], str], names: list[str], device: str, result: RunResult,
+                    progress: Callable | None = None) -> list[str]:
+    """Per-set metrics (FID, KID, mIoU, ...) for each codec point, from the stored reconstructions
+    of the units this experiment planned (``keys``: (codec, point, seed, image id) -> unit key).
+    Returns the keys of the set results that describe them (computed now or reused).
 
     Set metric contract (registry kind "metric", ``kind = "per_set"``): ``available()``,
     ``version()``, ``higher_better`` and ``compute_set(pairs, device, cache_dir)`` where
     ``pairs`` is a list of ``(Sample, recon uint8 (H, W, 3))``; returns a dict with
     ``value`` (float), ``n_images`` and optional ``extra`` (protocol, n_patches, ...).
-    A result is keyed by the unit keys of its images and the metric version.
+    A result is keyed by the unit keys of its images, the metric version and, for
+    metrics that read captions or label maps, the dataset's annotation files.
     """
     specs = {n: registry.get("metric", n).obj for n in names}
     dataset = loader.card.name
+    annotations = loader.annotations_fingerprint()
     groups = [(p, pt, sd) for p in plans for pt in p.points for sd in p.seeds]
     samples: dict[str, Sample] = {}
+    set_keys: list[str] = []
     for i, (plan, point, seed) in enumerate(groups):
-        rows = store.db.execute("SELECT image_id, unit_key, recon FROM units WHERE dataset=? AND codec=? AND point=? "
-                                "AND seed=? ORDER BY image_id", (dataset, plan.card.name, point_str(point), seed))
-        done = {image_id: (key, recon) for image_id, key, recon in rows.fetchall()}
-        ids = [it for it in items if it.id in done]
-        if not ids:
+        pt = point_str(point)
+        planned = [keys[(plan.card.name, pt, seed, it.id)] for it in items if (plan.card.name, pt, seed, it.id) in keys]
+        units = store.units_of(planned)  # finished ones, in image order
+        by_key = {it_key: it for it in items if (it_key := keys.get((plan.card.name, pt, seed, it.id)))}
+        if not units:
             continue
+        mean_bpp = sum(u[2] for u in units) / len(units)
         for name, spec in specs.items():
-            key = content_key(units=[done[it.id][0] for it in ids], metric=spec.version())
-            if store.set_metric_key(dataset, plan.card.name, point_str(point), seed, name) == key:
+            key = content_key(units=[u[0] for u in units], metric=spec.version(),
+                              annotations=annotations if metric_needs(spec) else None)
+            set_keys.append(key)
+            if store.set_metric_key(dataset, plan.card.name, pt, seed, name) == key:
                 continue
             try:
                 pairs = []
-                for it in ids:
+                for unit, recon, _, _ in units:
+                    it = by_key[unit]
                     if it.id not in samples:
                         samples[it.id] = loader.load(it)
-                    pairs.append((samples[it.id], read_rgb(store.root / done[it.id][1])[0]))
+                    pairs.append((samples[it.id], read_rgb(store.root / recon)[0]))
                 res = spec.compute_set(pairs, device=device, cache_dir=store.root / "cache")
             except (ValueError, OSError, RuntimeError) as exc:
-                result.problems.append(f"{name} for {plan.card.name} @ {point_str(point)}: {exc}")
+                result.problems.append(f"{name} for {plan.card.name} @ {pt}: {exc}")
                 continue
-            store.add_set_metric(dataset, plan.card.name, point_str(point), seed, name, float(res["value"]),
-                                 int(res["n_images"]), key, res.get("extra"))
+            store.add_set_metric(dataset, plan.card.name, pt, seed, name, float(res["value"]), int(res["n_images"]),
+                                 key, res.get("extra"), mean_bpp=mean_bpp, weights=units[0][3])
         if progress:
             progress("set metrics", i + 1, len(groups))
+    return set_keys
 
 
 def _skipped(_: None) -> dict:
@@ -506,7 +604,7 @@ def _run_pool(work: Iterator[list[UnitTask] | None], exp: Experiment, handle: Ca
             if batch is None:
                 handle(_skipped(batch))
                 continue
-            pending.add(pool.submit(do_units, batch, exp.device))
+            pending.add(pool.submit(do_units, batch, exp.settings))
             if len(pending) >= 2 * exp.workers:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:

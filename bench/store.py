@@ -10,12 +10,21 @@ Layout of a run directory::
     per_image.parquet    long format, exported from the ledger
     per_set.parquet      per (codec, point, seed, metric): set means and set metrics
 
-Resume: a unit (image × codec point × seed) is keyed by the image's pixel
-sha256, the codec card's hash, the adapter version, the point and the seed; a
-metric value by the unit key and the metric's version. Each finished unit is
-committed to SQLite at once, so a killed run loses at most the units in flight.
-A unit recomputed under a new key replaces the old one (no duplicate rows).
-Files and tables are written to a temporary name and renamed (atomic).
+Resume: a unit (image × codec point × seed) is keyed by everything that can
+change its result (see ``bench.runner``: the image's pixel sha256, the card's
+parameters, the adapter version, the adapter's fingerprint — library, program
+and weight versions —, point and seed); a metric value by the unit key and the
+metric's version; a set metric by the keys of the units it covers, its version
+and the annotations it reads. Each finished unit is committed to SQLite at once,
+so a killed run loses at most the units in flight. A unit recomputed under a new
+key replaces the old one and its metric values (no duplicate rows).
+
+Scope: the ledger may hold work of earlier experiments (other codecs, points,
+metrics, or results of older versions). Each invocation records its experiment's
+scope (the unit keys it planned, its metrics with their versions, the keys of its
+set-metric results); the parquet tables hold exactly that scope, and
+:meth:`RunStore.outside_scope` lists the rest. Files and tables are written to a
+temporary name and renamed (atomic).
 """
 from __future__ import annotations
 
@@ -33,28 +42,32 @@ from typing import Any, Iterator
 from bench.hashing import sha256_json
 
 PER_IMAGE_COLUMNS = ["run_id", "dataset", "image_id", "codec", "point", "seed", "height", "width", "bits", "bpp",
-                     "rate_kind", "enc_s", "dec_s", "metric", "value"]
+                     "rate_kind", "enc_s", "dec_s", "metric", "value", "weights"]
 PER_SET_COLUMNS = ["run_id", "dataset", "codec", "point", "seed", "metric", "value", "n_images", "n_patches",
-                   "aggregate", "mean_bpp"]
+                   "aggregate", "mean_bpp", "weights"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS units (
     unit_key TEXT PRIMARY KEY, dataset TEXT, image_id TEXT, image_sha256 TEXT, codec TEXT,
     card_hash TEXT, point TEXT, seed INTEGER, height INTEGER, width INTEGER, bits INTEGER,
     bpp REAL, rate_kind TEXT, enc_s REAL, dec_s REAL, breakdown TEXT, bitstream TEXT,
-    recon TEXT, bitstream_sha256 TEXT, finished_at REAL,
+    recon TEXT, bitstream_sha256 TEXT, finished_at REAL, weights TEXT, fingerprint TEXT,
     UNIQUE (dataset, image_id, codec, point, seed));
 CREATE TABLE IF NOT EXISTS metrics (
     unit_key TEXT, metric TEXT, metric_version TEXT, value REAL, device TEXT, finished_at REAL,
     PRIMARY KEY (unit_key, metric));
 CREATE TABLE IF NOT EXISTS set_metrics (
     dataset TEXT, codec TEXT, point TEXT, seed INTEGER, metric TEXT, value REAL, n_images INTEGER,
-    extra TEXT, key TEXT, finished_at REAL,
+    extra TEXT, key TEXT, finished_at REAL, mean_bpp REAL, weights TEXT,
     PRIMARY KEY (dataset, codec, point, seed, metric));
 CREATE TABLE IF NOT EXISTS images (
     path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha256 TEXT, height INTEGER, width INTEGER);
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS scope (kind TEXT, key TEXT, version TEXT, PRIMARY KEY (kind, key));
 """
+# Columns added after the first ledgers were written: (table, column, type).
+_ADDED_COLUMNS = (("units", "weights", "TEXT"), ("units", "fingerprint", "TEXT"),
+                  ("set_metrics", "mean_bpp", "REAL"), ("set_metrics", "weights", "TEXT"))
 
 
 class StoreError(OSError):
@@ -120,6 +133,10 @@ class RunStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        for table, column, kind in _ADDED_COLUMNS:
+            have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         self.db.commit()
         self.run_id = self._state("run_id") or self._set_state("run_id", f"{self.root.name}-{uuid.uuid4().hex[:8]}")
 
@@ -201,12 +218,51 @@ class RunStore:
         self._set_state("dirty", "1")
 
     def add_set_metric(self, dataset: str, codec: str, point: str, seed: int, metric: str, value: float,
-                       n_images: int, key: str, extra: dict | None = None) -> None:
+                       n_images: int, key: str, extra: dict | None = None, mean_bpp: float | None = None,
+                       weights: str | None = None) -> None:
+        """Store a set metric computed from the units whose keys ``key`` covers; ``mean_bpp``
+        is the mean bpp of exactly those units (plots draw the value there)."""
         with self.db:
-            self.db.execute("INSERT OR REPLACE INTO set_metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            self.db.execute("INSERT OR REPLACE INTO set_metrics (dataset, codec, point, seed, metric, value, n_images, "
+                            "extra, key, finished_at, mean_bpp, weights) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             (dataset, codec, point, seed, metric, value, n_images, json.dumps(extra or {}), key,
-                             time.time()))
+                             time.time(), mean_bpp, weights))
         self._set_state("dirty", "1")
+
+    def units_of(self, keys: list[str]) -> list[tuple[str, str, float, str]]:
+        """(unit_key, recon path relative to the run, bpp, weights) of the finished units among ``keys``."""
+        out = []
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            rows = self.db.execute(f"SELECT unit_key, recon, bpp, weights FROM units WHERE unit_key IN "
+                                   f"({', '.join('?' * len(chunk))})", chunk).fetchall()
+            out += rows
+        order = {k: i for i, k in enumerate(keys)}
+        return sorted(out, key=lambda r: order[r[0]])
+
+    # -- scope: what the current experiment covers ---------------------------------
+    def set_scope(self, unit_keys: list[str], metrics: dict[str, str], set_keys: list[str]) -> None:
+        """Record the experiment of this invocation: its planned unit keys, its per-image
+        metrics ``{name: version}`` and the keys of its set-metric results. The tables
+        are re-exported when the scope changed."""
+        new = {("unit", k, "") for k in unit_keys} | {("metric", m, v) for m, v in metrics.items()} | \
+              {("set", k, "") for k in set_keys}
+        old = set(self.db.execute("SELECT kind, key, version FROM scope").fetchall())
+        if new == old:
+            return
+        with self.db:
+            self.db.execute("DELETE FROM scope")
+            self.db.executemany("INSERT INTO scope VALUES (?, ?, ?)", sorted(new))
+        self._set_state("dirty", "1")
+
+    def outside_scope(self) -> list[tuple[str, str, str, int, int]]:
+        """What the directory holds beyond the current experiment: one
+        (dataset, codec, point, seed, number of units) per codec point with such units
+        (other codecs or points, or results of other versions)."""
+        return self.db.execute("""
+            SELECT dataset, codec, point, seed, COUNT(*) FROM units
+            WHERE unit_key NOT IN (SELECT key FROM scope WHERE kind='unit')
+            GROUP BY dataset, codec, point, seed ORDER BY 1, 2, 3, 4""").fetchall()
 
     def set_metric_key(self, dataset: str, codec: str, point: str, seed: int, metric: str) -> str | None:
         row = self.db.execute("SELECT key FROM set_metrics WHERE dataset=? AND codec=? AND point=? AND seed=? "
@@ -215,23 +271,28 @@ class RunStore:
 
     # -- tables ------------------------------------------------------------------
     # Tables are built in SQL and written with pyarrow: no pandas import on the hot path.
-    _PER_IMAGE_SQL = """
+    # Only the current scope: units it planned, metric values of its metric versions, set
+    # results of its keys. A mean's n_images and mean_bpp are over the images that have
+    # that metric's value (a metric that does not fit some images covers fewer).
+    _SCOPED = """units u JOIN scope su ON su.kind = 'unit' AND su.key = u.unit_key
+        JOIN metrics m ON m.unit_key = u.unit_key
+        JOIN scope sm ON sm.kind = 'metric' AND sm.key = m.metric AND sm.version = m.metric_version"""
+    _PER_IMAGE_SQL = f"""
         SELECT u.dataset, u.image_id, u.codec, u.point, u.seed, u.height, u.width, u.bits, u.bpp, u.rate_kind,
-               u.enc_s, u.dec_s, m.metric, m.value, u.image_sha256, u.card_hash, m.metric_version, u.breakdown
-        FROM units u JOIN metrics m ON m.unit_key = u.unit_key
+               u.enc_s, u.dec_s, m.metric, m.value, u.weights, u.image_sha256, u.card_hash, m.metric_version,
+               u.breakdown
+        FROM {_SCOPED}
         ORDER BY u.dataset, u.codec, u.point, u.seed, u.image_id, m.metric"""
-    _PER_SET_SQL = """
+    _PER_SET_SQL = f"""
         SELECT u.dataset, u.codec, u.point, u.seed, m.metric, AVG(m.value) AS value,
                COUNT(DISTINCT u.image_id) AS n_images, NULL AS n_patches, 'mean' AS aggregate,
-               AVG(u.bpp) AS mean_bpp, NULL AS extra
-        FROM units u JOIN metrics m ON m.unit_key = u.unit_key
-        GROUP BY u.dataset, u.codec, u.point, u.seed, m.metric
+               AVG(u.bpp) AS mean_bpp, u.weights, NULL AS extra
+        FROM {_SCOPED}
+        GROUP BY u.dataset, u.codec, u.point, u.seed, m.metric, u.weights
         UNION ALL
         SELECT s.dataset, s.codec, s.point, s.seed, s.metric, s.value, s.n_images,
-               json_extract(s.extra, '$.n_patches'), 'set', b.mean_bpp, s.extra
-        FROM set_metrics s LEFT JOIN (SELECT dataset, codec, point, seed, AVG(bpp) AS mean_bpp FROM units
-                                      GROUP BY dataset, codec, point, seed) b
-             USING (dataset, codec, point, seed)
+               json_extract(s.extra, '$.n_patches'), 'set', s.mean_bpp, s.weights, s.extra
+        FROM set_metrics s JOIN scope ss ON ss.kind = 'set' AND ss.key = s.key
         ORDER BY 1, 2, 3, 4, 5, 9"""
     _TYPES = {"seed": "int64", "height": "int64", "width": "int64", "bits": "int64", "n_images": "int64",
               "n_patches": "int64", "bpp": "float64", "enc_s": "float64", "dec_s": "float64", "value": "float64",

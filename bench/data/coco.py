@@ -51,7 +51,7 @@ import numpy as np
 
 from bench.data.images import ImageError
 from bench.data.loaders import DatasetError, Item, Loader, Sample
-from bench.hashing import sha256_file
+from bench.hashing import sha256_file, sha256_file_cached
 from bench.registry import register
 
 BACKGROUND = 0
@@ -126,6 +126,16 @@ class CocoLoader(Loader):
     def annotation_path(self, key: str) -> Path | None:
         rel = self.card.get(key)
         return self.data_dir / rel if rel else None
+
+    LABEL_MAP_VERSION = "1"  # bump when rasterise() changes its output
+
+    def annotations_fingerprint(self) -> dict:
+        """sha256 of the caption and instance files (when present) and the label-map rule."""
+        out: dict = {"label_map_version": self.LABEL_MAP_VERSION}
+        for key in ("captions", "instances"):
+            path = self.annotation_path(key)
+            out[key] = sha256_file_cached(path) if path is not None and path.is_file() else None
+        return out
 
     def _read_json(self, key: str) -> Any:
         path = self.annotation_path(key)

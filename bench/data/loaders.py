@@ -96,6 +96,11 @@ class Loader:
             lines.append(f"Source: {self.card.get('source')}")
         raise DatasetError("\n".join(lines))
 
+    def annotations_fingerprint(self) -> dict:
+        """Identity of what samples carry besides pixels (caption and annotation files):
+        part of the key of set metrics that use them. Plain image sets: ``{}``."""
+        return {}
+
     def load(self, item: Item) -> Sample:
         rgb, notes = read_rgb(item.path)
         digest = pixel_sha256(rgb)
