@@ -6,7 +6,11 @@
    and, for information, that plain script without vs with those settings
 2. resume:   re-running a finished run vs the first run                   — target ≤ 2 %
 3. workers:  first run with ``--workers 2`` vs ``--workers 1`` (speed-up)  — target ≥ 1.7×
-4. throughput: pairs per second of each per-image metric that can run here
+4. compressai: ``bench run`` (JPEG at qualities 5..95 on Kodak, PSNR + RGB MS-SSIM, 2
+   workers, writing parquet, reconstructions and provenance) vs CompressAI's own
+   ``python -m compressai.utils.bench jpeg`` on the same images, qualities and metrics,
+   at its best of ``-j 1`` and ``-j 2``                                         — target ≤ 0.8
+5. throughput: pairs per second of each per-image metric that can run here
    (weights present), on ``--device`` (cpu or cuda), 768×512 Kodak pairs
 
 Each figure is the median over ``--repeat`` runs of a whole process (wall clock).
@@ -112,12 +116,13 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=24, help="Kodak images scored for the overhead figure")
     ap.add_argument("--run-images", type=int, default=24, help="Kodak images of the resume and workers runs")
     ap.add_argument("--device", default="cpu", help="device for the metric throughput figures")
-    ap.add_argument("--only", help="comma list of parts: overhead, resume, workers, throughput [default: all]")
+    ap.add_argument("--only", help="comma list of parts: overhead, resume, workers, compressai, throughput "
+                    "[default: all]")
     args = ap.parse_args()
-    parts = set(args.only.split(",")) if args.only else {"overhead", "resume", "workers", "throughput"}
+    parts = set(args.only.split(",")) if args.only else {"overhead", "resume", "workers", "compressai", "throughput"}
     if "throughput" in parts:
         throughput(args.data_dir, args.device)
-    if not parts & {"overhead", "resume", "workers"}:
+    if not parts & {"overhead", "resume", "workers", "compressai"}:
         return
     tmp = Path(tempfile.mkdtemp(prefix="bench-perf-"))
     print(f"python {sys.version.split()[0]}; median of {args.repeat} runs of whole processes\n")
@@ -128,6 +133,8 @@ def main() -> None:
         resume(args, tmp)
     if "workers" in parts:
         workers(args, tmp)
+    if "compressai" in parts:
+        against_compressai(args, tmp)
     shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -178,6 +185,31 @@ def workers(args, tmp: Path) -> None:
     one, _ = median_of(args.repeat, cmd1, clear1)
     two, _ = median_of(args.repeat, cmd2, clear2)
     report("workers", one / two, "≥ 1.7", one / two >= 1.7, f"1 worker {one:.2f} s vs 2 workers {two:.2f} s")
+
+
+CAI_QUALITIES = ",".join(str(q) for q in range(5, 100, 5))
+
+
+def against_compressai(args, tmp: Path) -> None:
+    """The issue's side-by-side: the same JPEG sweep and metrics through bench and through
+    CompressAI's bench script (which keeps nothing but the printed JSON)."""
+    out = tmp / "cai-bench"
+    images = tmp / "cai-images"  # CompressAI's script globs a folder: give it exactly the images
+    images.mkdir(exist_ok=True)
+    for i in range(1, args.run_images + 1):
+        shutil.copy(Path(args.data_dir) / f"kodim{i:02d}.png", images)
+    ours, _ = median_of(args.repeat, lambda: run_args(args.data_dir, out, args.run_images, CAI_QUALITIES,
+                                                      "psnr,ms_ssim_rgb", 2),
+                        lambda: shutil.rmtree(out, ignore_errors=True))
+    theirs = {}
+    for jobs in (1, 2):
+        theirs[jobs], _ = median_of(args.repeat, lambda: [sys.executable, "-m", "compressai.utils.bench", "jpeg",
+                                                          str(images), "-q", CAI_QUALITIES, "-j", str(jobs)])
+    best = min(theirs, key=theirs.get)
+    report("compressai", ours / theirs[best], "≤ 0.8", ours / theirs[best] <= 0.8,
+           f"bench --workers 2 {ours:.1f} s vs compressai.utils.bench jpeg -j {best} {theirs[best]:.1f} s "
+           f"(-j 1 {theirs[1]:.1f} s, -j 2 {theirs[2]:.1f} s); {args.run_images} images × "
+           f"{len(CAI_QUALITIES.split(','))} qualities, PSNR + RGB MS-SSIM")
 
 
 if __name__ == "__main__":
