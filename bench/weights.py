@@ -38,7 +38,13 @@ Destinations (``dest``):
 torch; if torch is already imported, ``torch.hub.get_dir()`` is used so that
 ``torch.hub.set_dir`` is honoured too.
 
-This module imports no heavy package (it is imported by ``bench metrics list``).
+Learned codec families keep their own table beside their adapter, as data:
+``bench/codecs/<family>/weights.py`` defines ``WEIGHTS`` (e.g. the CompressAI zoo's
+files in ``bench/codecs/zoo/weights.py``); :func:`table` merges them in, so
+``bench weights list|fetch|import|verify`` and :func:`require` see every file.
+
+This module imports no heavy package (it is imported by ``bench metrics list``),
+and family weight modules must not either.
 """
 from __future__ import annotations
 
@@ -189,11 +195,41 @@ TABLE: tuple[WeightFile, ...] = (
 )
 
 _extra: dict[str, WeightFile] = {}  # entries added at run time by plugins (see add())
+FAMILIES_PACKAGE = "bench.codecs"
+_families: dict[str, WeightFile] | None = None  # learned codec families' tables, loaded on first use
+
+
+def family_entries() -> dict[str, WeightFile]:
+    """The weight tables of the learned codec families: each subpackage
+    ``bench/codecs/<family>/`` may hold a light module ``weights.py`` (no torch import)
+    whose ``WEIGHTS`` is a sequence of :class:`WeightFile`. Imported once per process."""
+    global _families
+    if _families is None:
+        import importlib
+        import importlib.util
+        import pkgutil
+
+        found: dict[str, WeightFile] = {}
+        builtin = {w.id for w in TABLE}
+        package = importlib.import_module(FAMILIES_PACKAGE)
+        for info in pkgutil.iter_modules(package.__path__):
+            name = f"{FAMILIES_PACKAGE}.{info.name}.weights"
+            if not info.ispkg or importlib.util.find_spec(name) is None:
+                continue
+            for w in getattr(importlib.import_module(name), "WEIGHTS", ()):
+                _check_entry(w)
+                if w.id in found or w.id in builtin:
+                    raise ValueError(f"{name}: weight id {w.id!r} is already in the table")
+                found[w.id] = w
+        _families = found
+    return _families
 
 
 def table() -> dict[str, WeightFile]:
-    """Every entry by id (built-ins, then those added with :func:`add`)."""
+    """Every entry by id: built-ins, the codec families' tables (:func:`family_entries`),
+    then those added with :func:`add`."""
     out = {w.id: w for w in TABLE}
+    out.update(family_entries())
     out.update(_extra)
     return out
 
