@@ -176,6 +176,15 @@ def plan_codecs(exp: Experiment) -> list[CodecPlan]:
             raise ExperimentError(f"codec {card.name!r} has no rate points: give --points or put points: in its card")
         seeds = list(exp.seeds) if adapter.stochastic else [0]
         codec = build_codec(card, exp.settings)
+        needed = getattr(codec, "required_weights", lambda pts: [])(points)
+        if needed:  # learned codecs: every weight file in place before any work (clear offline message)
+            from bench import weights
+
+            try:
+                weights.require(needed)
+            except weights.WeightsError as exc:
+                raise weights.WeightsError(f"codec {card.name!r}: {exc}\nOr smoke-test the adapter without any "
+                                           "download: --init random") from exc
         try:
             fingerprints = {point_str(p): codec.fingerprint(p) for p in points}
         except (CodecError, OSError, ValueError) as exc:

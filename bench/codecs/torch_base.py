@@ -337,7 +337,7 @@ class TorchCodec(Codec):
         import torch
         import torch.nn.functional as F
 
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device)
+        x = torch.from_numpy(np.array(rgb, dtype=np.uint8, copy=True)).to(self.device)  # own writable copy
         x = x.permute(2, 0, 1).unsqueeze(0).to(torch.float32).div_(255.0).contiguous()
         pad = self.padding(*rgb.shape[:2])
         if any(pad):

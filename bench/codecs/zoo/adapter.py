@@ -83,7 +83,11 @@ class CompressAIZoo(TorchCodec):
                 for q in zoo_weights.qualities(self._arch, self.metric)}
 
     def build_model(self, point: int, files: list[Path] | None) -> Any:
-        from compressai.zoo import image_models
+        import warnings
+
+        with warnings.catch_warnings():  # compressai 1.2.8 uses torch.jit.script, deprecated in torch 2.14
+            warnings.simplefilter("ignore", FutureWarning)
+            from compressai.zoo import image_models
 
         if files is None:  # init="random": the zoo's architecture for this quality, seeded random weights
             return image_models[self._arch](quality=point, metric=self.metric, pretrained=False)
