@@ -75,7 +75,8 @@ def degrade(rgb: np.ndarray, seed: int = 1, sigma: float = 40.0) -> np.ndarray:
 # ---------------------------------------------------------------------------- independent references
 # Written from the definitions with numpy/scipy, without bench.metrics.fid: the values the metric must reproduce.
 def features_by_hand(ext: RandomExtractor, images, grid: bool = True) -> np.ndarray:
-    """CDC patches (non-overlapping 256² grid from the top left) or whole images, clean-resized, through ``ext.net``."""
+    """CDC patches (non-overlapping 256² grid from the top left) or whole images, clean-resized,
+    through ``ext.net``."""
     from cleanfid.resize import build_resizer
 
     resize = build_resizer("clean")
@@ -215,6 +216,11 @@ def test_full_image_fid_counts_images(kodak, extractor):
     res = registry.get("metric", "fid").obj.compute_set([(s, degrade(s.rgb)) for s in kodak], "cpu", None)
     assert res["n_images"] == 4 and res["extra"]["protocol"] == "full" and "n_patches" not in res["extra"]
     assert extractor.rows == 8  # 4 references + 4 reconstructions, one crop each
+    # 4 samples in 8 dims make FID's covariances singular; KID of the whole images checks the full protocol's values
+    kid = registry.get("metric", "kid").obj.compute_set([(s, degrade(s.rgb)) for s in kodak], "cpu", None)
+    refs = features_by_hand(extractor, [s.rgb for s in kodak], grid=False)
+    worse = features_by_hand(extractor, [degrade(s.rgb) for s in kodak], grid=False)
+    assert kid["value"] == pytest.approx(kid_by_hand(refs, worse), rel=1e-5)
 
 
 def test_kid_small_set_adapts_subset_size(kodak, extractor, tmp_path):
