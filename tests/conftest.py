@@ -163,14 +163,16 @@ def pytest_report_header(config):
     return f"bench CI skip policy {state}; allowed: {', '.join(ALLOWED_SKIP_MARKERS)}; shared data: {SHARED}"
 
 
-def pytest_runtest_setup(item):
-    for name in ALLOWED_SKIP_MARKERS:
-        for marker in item.iter_markers(name):
-            if name == "needs_weights" and not marker.args:
-                continue
-            why = _missing(name, tuple(marker.args))
-            if why:
-                pytest.skip(f"{name}: {why}")
+def pytest_collection_modifyitems(config, items):
+    """A test marked with an allowed-skip marker is skipped (reported at its own line) while the resource is missing."""
+    for item in items:
+        for name in ALLOWED_SKIP_MARKERS:
+            for marker in item.iter_markers(name):
+                if name == "needs_weights" and not marker.args:
+                    continue
+                why = _missing(name, tuple(marker.args))
+                if why:
+                    item.add_marker(pytest.mark.skip(reason=f"{name}: {why}"))
 
 
 @pytest.hookimpl(wrapper=True)
