@@ -1,8 +1,16 @@
 """Rate–metric plots, read from a run's ``per_set`` table only.
 
 One figure per metric: x = mean bpp over images, y = mean metric over images
-(CompressAI's and the papers' convention), one line per codec (and seed), points
-in bpp order. Set metrics (FID, ...) are drawn at the mean bpp of their point.
+(CompressAI's and the papers' convention), one line per codec (one per seed
+for a codec run with several decoder seeds), points in bpp order, a legend.
+Set metrics (FID, ...) are drawn at the mean bpp of their point. Axis labels
+carry units (bpp; the metric's ``unit`` where it has one) and the direction of
+better. Rows computed with random weights (``weights == "random"``: smoke tests
+of learned codecs, not results) are refused; a table without a ``weights``
+column counts as ``"none"``.
+
+``rate_figure(points, metric)`` draws one figure and returns it (testable
+without files); ``plot_run(run_dir)`` writes them all.
 """
 from __future__ import annotations
 
@@ -10,50 +18,98 @@ from pathlib import Path
 
 from bench.store import read_table
 
+X_LABEL = "rate: bits per pixel (bpp), mean over images"
+# Only for metric classes that do not declare ``unit`` yet.
+DEFAULT_UNITS = {"psnr": "dB"}
+
+
+class FigureError(ValueError):
+    """A table that must not be plotted (e.g. rows computed with random weights)."""
+
 
 def points_frame(run_dir: str | Path):
     """The per-point table plots are drawn from: one row per codec, point, seed, metric."""
-    df = read_table(run_dir, "per_set")
-    return df.sort_values(["metric", "codec", "seed", "mean_bpp"])
+    return results_only(read_table(run_dir, "per_set")).sort_values(["metric", "codec", "seed", "mean_bpp"])
+
+
+def results_only(df):
+    """``df`` with a ``weights`` column ("none" where missing); refuses random-weight rows."""
+    df = df.copy()
+    df["weights"] = df["weights"].fillna("none") if "weights" in df.columns else "none"
+    random = df[df["weights"] == "random"]
+    if not random.empty:
+        codecs = ", ".join(sorted(random["codec"].unique()))
+        raise FigureError(f"refusing to plot rows computed with random weights (codec {codecs}): they are smoke "
+                          "tests, not results; run with pretrained weights, or leave these codecs out")
+    return df
+
+
+def metric_spec(metric: str):
+    """The registry entry of ``metric`` (None for a metric no longer registered)."""
+    from bench import registry
+
+    try:
+        return registry.get("metric", metric).obj
+    except KeyError:
+        return None
+
+
+def y_label(metric: str, spec=None) -> str:
+    """``"psnr (dB), ↑ higher is better"``: the metric, its unit where it has one, the direction of better."""
+    unit = getattr(spec, "unit", None)
+    if unit is None:
+        unit = DEFAULT_UNITS.get(metric, "")
+    label = f"{metric} ({unit})" if unit else metric
+    higher = getattr(spec, "higher_better", None)
+    if higher is None:
+        return label
+    return f"{label}, {'↑ higher' if higher else '↓ lower'} is better"
+
+
+def line_label(codec: str, seed, n_seeds: int) -> str:
+    return codec if n_seeds == 1 else f"{codec} (seed {seed})"
+
+
+def rate_figure(points, metric: str, spec=None):
+    """One rate–``metric`` figure from per-set rows (``points_frame``); ``spec`` defaults to the registry's."""
+    from matplotlib.figure import Figure
+
+    sub = results_only(points[points["metric"] == metric])
+    if sub.empty:
+        raise FigureError(f"no rows for metric {metric!r} (metrics in the table: "
+                          f"{', '.join(sorted(points['metric'].unique()))})")
+    spec = metric_spec(metric) if spec is None else spec
+    fig = Figure(figsize=(5.5, 4.0), dpi=120)
+    ax = fig.add_subplot()
+    for codec, rows in sub.groupby("codec", sort=True):
+        seeds = sorted(rows["seed"].unique())
+        for seed in seeds:
+            line = rows[rows["seed"] == seed].sort_values("mean_bpp")
+            ax.plot(line["mean_bpp"].to_numpy(), line["value"].to_numpy(), marker="o", ms=3.5, lw=1.4,
+                    label=line_label(codec, seed, len(seeds)))
+    n = int(sub["n_images"].max())
+    ax.set_xlabel(X_LABEL)
+    ax.set_ylabel(y_label(metric, spec))
+    ax.set_title(f"{sub['dataset'].iloc[0]}: {metric} vs rate (n={n} images)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None, metrics: list[str] | None = None,
              formats: tuple[str, ...] = ("png", "svg")) -> list[Path]:
     """Write ``<out_dir>/<metric>.<fmt>`` for each metric; returns the files written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from bench import registry
-
     df = points_frame(run_dir)
     out_dir = Path(out_dir) if out_dir else Path(run_dir) / "plots"
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for metric in metrics or sorted(df["metric"].unique()):
-        sub = df[df["metric"] == metric]
-        if sub.empty:
+        if not (df["metric"] == metric).any():
             continue
-        fig, ax = plt.subplots(figsize=(5.5, 4.0), dpi=120)
-        for (codec, seed), line in sub.groupby(["codec", "seed"], sort=True):
-            label = codec if sub["seed"].nunique() == 1 else f"{codec} (seed {seed})"
-            ax.plot(line["mean_bpp"], line["value"], marker="o", ms=3.5, lw=1.4, label=label)
-        try:
-            higher = registry.get("metric", metric).obj.higher_better
-            arrow = " ↑" if higher else " ↓"
-        except KeyError:
-            arrow = ""
-        n = int(sub["n_images"].max())
-        ax.set_xlabel("bits per pixel (mean over images)")
-        ax.set_ylabel(f"{metric}{arrow}")
-        ax.set_title(f"{sub['dataset'].iloc[0]}: {metric}{arrow} (n={n})")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
+        fig = rate_figure(df, metric)
         for fmt in formats:
             path = out_dir / f"{metric}.{fmt}"
             fig.savefig(path)
             written.append(path)
-        plt.close(fig)
     return written

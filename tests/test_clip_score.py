@@ -8,7 +8,9 @@ import types
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import pytest
+import torch
 
 from bench import registry
 from bench.metrics.clip_score import (
@@ -18,12 +20,6 @@ from bench.metrics.clip_score import (
     load_openai_state_dict,
     openai_vit_b32,
 )
-
-open_clip = pytest.importorskip("open_clip")
-torch = pytest.importorskip("torch")
-
-REPO = Path(__file__).resolve().parent.parent
-COCO_MINI = Path(os.environ.get("BENCH_SHARED", REPO.parent / "shared")) / "data" / "coco-mini"
 
 
 def random_clip():
@@ -60,11 +56,11 @@ def scorer(model):
 
 
 @pytest.fixture(scope="module")
-def coco3():
+def coco3(coco_mini_dir):
     from bench import cards
     from bench.data.loaders import open_dataset
 
-    ld = open_dataset(cards.get("dataset", "coco-mini"), COCO_MINI)
+    ld = open_dataset(cards.get("dataset", "coco-mini"), coco_mini_dir)
     return [ld.load(it) for it in ld.items()[:3]]
 
 
@@ -128,7 +124,10 @@ def test_engine_contract(model, coco3):
     assert float(value[0]) == pytest.approx(direct, abs=1e-5)
     two = score(torch.cat([t[..., :200, :200], to_tensor(coco3[2].rgb)[..., :200, :200]]), None,
                 [s.captions, coco3[2].captions])
-    assert two.shape == (2,)
+    crops = [s.rgb[:200, :200], coco3[2].rgb[:200, :200]]
+    expected = score.scorer.score_arrays(crops, [s.captions, coco3[2].captions])
+    assert two.shape == (2,) and expected[0] != expected[1]
+    np.testing.assert_allclose(two.numpy(), expected, rtol=0, atol=1e-4)
     from bench.metrics.iqa import MetricError
 
     with pytest.raises(MetricError, match="no ground-truth caption"):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,16 +14,12 @@ from bench.data.coco import BACKGROUND, COCO_THINGS, CocoLoader
 from bench.data.images import ImageError
 from bench.data.loaders import DatasetError, open_dataset
 
-REPO = Path(__file__).resolve().parent.parent
-COCO_MINI = Path(os.environ.get("BENCH_SHARED", REPO.parent / "shared")) / "data" / "coco-mini"
 THING_IDS = {cid for cid, _ in COCO_THINGS}
 
 
 @pytest.fixture(scope="module")
-def loader():
-    if not (COCO_MINI / "captions_val2017_subset.json").is_file():
-        pytest.fail(f"the shared coco-mini data is missing at {COCO_MINI} (or set BENCH_SHARED)")
-    ld = open_dataset(cards.get("dataset", "coco-mini"), COCO_MINI)
+def loader(coco_mini_dir):
+    ld = open_dataset(cards.get("dataset", "coco-mini"), coco_mini_dir)
     ld.check()
     return ld
 

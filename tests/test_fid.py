@@ -8,21 +8,16 @@ from __future__ import annotations
 
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("cleanfid")
+import scipy.linalg
+import torch
 
 from bench import registry
 from bench.data.images import pixel_sha256, read_rgb
 from bench.data.loaders import Sample
 from bench.metrics import fid
-
-KODAK = Path("/work/shared/data/kodak")
-needs_kodak = pytest.mark.skipif(not (KODAK / "kodim01.png").is_file(), reason="Kodak images not present")
 
 
 class RandomExtractor:
@@ -63,13 +58,11 @@ def extractor(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def kodak():
-    """Four Kodak images (two landscape 768×512, two portrait 512×768 where available) as Samples."""
-    if not (KODAK / "kodim01.png").is_file():
-        pytest.skip("Kodak images not present")
+def kodak(kodak_dir):
+    """Four Kodak images (kodim01, 02: landscape 768×512; kodim04, 09: portrait 512×768) as Samples."""
     out = []
     for name in ("kodim01", "kodim02", "kodim04", "kodim09"):
-        rgb, _ = read_rgb(KODAK / f"{name}.png")
+        rgb, _ = read_rgb(kodak_dir / f"{name}.png")
         out.append(Sample(name, rgb, pixel_sha256(rgb)))
     return out
 
@@ -79,16 +72,53 @@ def degrade(rgb: np.ndarray, seed: int = 1, sigma: float = 40.0) -> np.ndarray:
     return np.clip(rgb.astype(np.float64) + rng.normal(0, sigma, rgb.shape), 0, 255).astype(np.uint8)
 
 
+# ---------------------------------------------------------------------------- independent references
+# Written from the definitions with numpy/scipy, without bench.metrics.fid: the values the metric must reproduce.
+def features_by_hand(ext: RandomExtractor, images, grid: bool = True) -> np.ndarray:
+    """CDC patches (non-overlapping 256² grid from the top left) or whole images, clean-resized,
+    through ``ext.net``."""
+    from cleanfid.resize import build_resizer
+
+    resize = build_resizer("clean")
+    crops = []
+    for rgb in images:
+        h, w = rgb.shape[:2]
+        if not grid:
+            crops.append(rgb)
+            continue
+        crops += [rgb[t:t + 256, l:l + 256] for t in range(0, h - 255, 256) for l in range(0, w - 255, 256)]
+    x = torch.from_numpy(np.stack([resize(np.ascontiguousarray(c)).transpose(2, 0, 1) for c in crops]))
+    with torch.no_grad():
+        return ext.net.cpu()(x.float() / 255.0).numpy().astype(np.float64)
+
+
+def fid_by_hand(a: np.ndarray, b: np.ndarray) -> float:
+    """|mu_a - mu_b|² + Tr(S_a + S_b - 2 (S_a S_b)^½)."""
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = scipy.linalg.sqrtm(sa @ sb).real
+    d = a.mean(0) - b.mean(0)
+    return float(d @ d + np.trace(sa) + np.trace(sb) - 2 * np.trace(covmean))
+
+
+def kid_by_hand(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD² with the cubic polynomial kernel k(p, q) = (p·q / d + 1)³, equal-size sets."""
+    m, d = x.shape
+    k = lambda p, q: (p @ q.T / d + 1) ** 3  # noqa: E731
+    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
+    within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+    return float(within - 2 * kxy.sum() / m ** 2)
+
+
 # ---------------------------------------------------------------------------- registry and contract
-def test_registered_as_set_metrics():
+def test_registered_as_set_metrics(extractor):
     metrics = registry.entries("metric")
     expected = {"fid": "full", "kid": "full", "fid_patch": "cdc-256", "kid_patch": "cdc-256",
                 "fid_patch_hific": "hific-256", "kid_patch_hific": "hific-256"}
     for name, protocol in expected.items():
         m = metrics[name].obj
         assert m.kind == "per_set" and m.name == name and m.higher_better is False
-        assert m.protocol == protocol
-        assert callable(m.compute_set) and callable(m.version) and callable(m.available)
+        assert m.protocol == protocol and m.statistic == name.split("_")[0]
+        assert f":{m.statistic}:{protocol}:" in m.version()
 
 
 def test_version_names_backend_protocol_and_extractor(extractor):
@@ -124,11 +154,10 @@ def test_patch_counts(h, w, cdc, hific):
         assert (ph, pw) == (256, 256) and 0 <= t and t + 256 <= h and 0 <= l and l + 256 <= w
 
 
-@needs_kodak
-def test_kodak_patch_totals():
+def test_kodak_patch_totals(kodak_dir):
     from PIL import Image
 
-    sizes = [Image.open(p).size for p in sorted(KODAK.glob("kodim*.png"))]
+    sizes = [Image.open(p).size for p in sorted(kodak_dir.glob("kodim*.png"))]
     assert len(sizes) == 24 and set(sizes) <= {(768, 512), (512, 768)}
     assert sum(len(fid.patch_boxes(h, w, "cdc-256")) for w, h in sizes) == 144  # CDC paper: 144 patches
     assert sum(len(fid.patch_boxes(h, w, "hific-256")) for w, h in sizes) == 24 * 8
@@ -167,7 +196,10 @@ def test_fid_of_a_set_with_itself_is_zero_and_degradation_raises_it(kodak, extra
     same = m.compute_set([(s, s.rgb.copy()) for s in kodak], "cpu", tmp_path)
     worse = m.compute_set([(s, degrade(s.rgb)) for s in kodak], "cpu", tmp_path)
     assert abs(same["value"]) < 1e-6
-    assert worse["value"] > 1e-3 and worse["value"] > same["value"] + 1e-3
+    refs = features_by_hand(extractor, [s.rgb for s in kodak])
+    assert worse["value"] == pytest.approx(fid_by_hand(refs, features_by_hand(
+        extractor, [degrade(s.rgb) for s in kodak])), rel=1e-5)
+    assert worse["value"] > 1e-3
     assert same["n_images"] == 4
     extra = worse["extra"]
     assert extra["protocol"] == "cdc-256" and extra["n_patches"] == 24 and extra["n_images"] == 4
@@ -184,6 +216,11 @@ def test_full_image_fid_counts_images(kodak, extractor):
     res = registry.get("metric", "fid").obj.compute_set([(s, degrade(s.rgb)) for s in kodak], "cpu", None)
     assert res["n_images"] == 4 and res["extra"]["protocol"] == "full" and "n_patches" not in res["extra"]
     assert extractor.rows == 8  # 4 references + 4 reconstructions, one crop each
+    # 4 samples in 8 dims make FID's covariances singular; KID of the whole images checks the full protocol's values
+    kid = registry.get("metric", "kid").obj.compute_set([(s, degrade(s.rgb)) for s in kodak], "cpu", None)
+    refs = features_by_hand(extractor, [s.rgb for s in kodak], grid=False)
+    worse = features_by_hand(extractor, [degrade(s.rgb) for s in kodak], grid=False)
+    assert kid["value"] == pytest.approx(kid_by_hand(refs, worse), rel=1e-5)
 
 
 def test_kid_small_set_adapts_subset_size(kodak, extractor, tmp_path):
@@ -193,7 +230,11 @@ def test_kid_small_set_adapts_subset_size(kodak, extractor, tmp_path):
     extra = worse["extra"]
     assert extra["kid_subset_size"] == 24 < fid.KID_SUBSET_SIZE  # 4 images × 6 patches
     assert extra["kid_num_subsets"] == 1  # subset = whole set: one evaluation, not 100 identical ones
-    assert np.isfinite(worse["value"]) and worse["value"] > same["value"]
+    refs = features_by_hand(extractor, [s.rgb for s in kodak])
+    assert worse["value"] == pytest.approx(kid_by_hand(refs, features_by_hand(
+        extractor, [degrade(s.rgb) for s in kodak])), rel=1e-5)
+    assert same["value"] == pytest.approx(kid_by_hand(refs, refs), rel=1e-5)
+    assert worse["value"] > same["value"]
 
 
 def test_kernel_distance_subsets_std_and_reproducibility():
@@ -211,6 +252,31 @@ def test_kernel_distance_subsets_std_and_reproducibility():
     assert v1 > 0 and v1 > v_same
     with pytest.raises(ValueError, match="at least 2"):
         fid.kernel_distance(a[:1], b[:1])
+
+
+def test_frechet_distance_closed_forms():
+    """Equal covariances: FID = |shift|². Scaled about the mean by s: the trace term is (1 - s)² Tr(S)."""
+    rng = np.random.default_rng(7)
+    a = rng.normal(size=(400, 6)) @ rng.normal(size=(6, 6))  # correlated features
+    cov = np.cov(a, rowvar=False)
+    assert abs(fid.frechet_distance(a, a.copy())[0]) < 1e-8 * np.trace(cov)
+    assert abs(fid.frechet_distance(a, a[rng.permutation(len(a))])[0]) < 1e-8 * np.trace(cov)  # order-free
+    shift = np.array([1.0, -2.0, 0.5, 0.0, 3.0, -1.0])
+    assert fid.frechet_distance(a, a + shift)[0] == pytest.approx(15.25, rel=1e-7)  # 1 + 4 + .25 + 9 + 1
+    s = 1.5
+    scaled = a.mean(0) + s * (a - a.mean(0))
+    assert fid.frechet_distance(a, scaled)[0] == pytest.approx((1 - s) ** 2 * np.trace(cov), rel=1e-7)
+    both, _ = fid.frechet_distance(a, scaled + shift)
+    assert both == pytest.approx(15.25 + (1 - s) ** 2 * np.trace(cov), rel=1e-7)
+    b = rng.normal(0.3, 0.7, size=(300, 6))
+    assert fid.frechet_distance(a, b)[0] == pytest.approx(fid_by_hand(a, b), rel=1e-7)
+
+
+def test_kid_equals_unbiased_mmd_on_whole_sets():
+    rng = np.random.default_rng(8)
+    a, b = rng.normal(size=(30, 5)), rng.normal(0.4, 1.3, size=(30, 5))
+    assert fid.kernel_distance(a, b)[0] == pytest.approx(kid_by_hand(a, b), rel=1e-9)
+    assert fid.kernel_distance(a, a)[0] == pytest.approx(kid_by_hand(a, a), rel=1e-9)
 
 
 def test_kid_matches_cleanfid_on_whole_sets():
@@ -311,11 +377,14 @@ def test_too_small_for_patches_is_a_clear_error(extractor):
 
 
 # ---------------------------------------------------------------------------- devices and the default extractor
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA device"))])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.needs_gpu)])
 def test_device(kodak, extractor, device):
-    res = registry.get("metric", "fid_patch").obj.compute_set([(s, degrade(s.rgb)) for s in kodak[:2]], device, None)
-    assert extractor.devices == {device} and np.isfinite(res["value"])
+    pairs = [(s, degrade(s.rgb)) for s in kodak[:3]]
+    res = registry.get("metric", "fid_patch").obj.compute_set(pairs, device, None)
+    assert extractor.devices == {device}
+    expected = fid_by_hand(features_by_hand(extractor, [s.rgb for s, _ in pairs]),
+                           features_by_hand(extractor, [r for _, r in pairs]))
+    assert res["value"] == pytest.approx(expected, rel=1e-5 if device == "cpu" else 1e-2)  # cuda: TF32 convolutions
 
 
 class _FakeInceptionLayers(torch.nn.Module):
@@ -379,19 +448,27 @@ def test_default_extractor_loads_torchscript_from_weights_path(tmp_path, monkeyp
 
 
 # ---------------------------------------------------------------------------- end to end through the runner
-@needs_kodak
-def test_runner_writes_fid_patch_set_row(tmp_path, extractor):
+def test_runner_writes_fid_patch_set_row(tmp_path, extractor, kodak_dir):
     import pandas as pd
+    from PIL import Image
 
     from bench.runner import Experiment, run
 
-    res = run(Experiment(dataset="kodak", data_dir=str(KODAK), codecs=["jpeg"], points=[30],
+    res = run(Experiment(dataset="kodak", data_dir=str(kodak_dir), codecs=["jpeg"], points=[30],
                          metrics=["psnr", "fid_patch"], out=str(tmp_path / "run"), limit=2))
     assert not [p for p in res.problems if "fid" in p], res.problems
     df = pd.read_parquet(tmp_path / "run" / "per_set.parquet")
     row = df[(df["metric"] == "fid_patch") & (df["aggregate"] == "set")]
     assert len(row) == 1
-    assert int(row["n_images"].iloc[0]) == 2 and np.isfinite(row["value"].iloc[0]) and row["value"].iloc[0] > 0
+    assert int(row["n_images"].iloc[0]) == 2
+    # the value is FID between the Kodak originals and the reconstructions stored in the run directory
+    names = ["kodim01", "kodim02"]
+    refs = [np.asarray(Image.open(kodak_dir / f"{n}.png").convert("RGB")) for n in names]
+    recons = [np.asarray(Image.open(tmp_path / "run" / "recon" / "kodak" / "jpeg" / "30" / "s0" / f"{n}.png"))
+              for n in names]
+    assert not np.array_equal(refs[0], recons[0])
+    expected = fid_by_hand(features_by_hand(extractor, refs), features_by_hand(extractor, recons))
+    assert row["value"].iloc[0] == pytest.approx(expected, rel=1e-5) and expected > 0
     import json
 
     extra = json.loads(row["extra"].iloc[0])
@@ -400,7 +477,7 @@ def test_runner_writes_fid_patch_set_row(tmp_path, extractor):
     rows = extractor.rows
     assert rows == 24  # 2 references + 2 reconstructions, 6 patches each
     # resume: a second run computes nothing new
-    run(Experiment(dataset="kodak", data_dir=str(KODAK), codecs=["jpeg"], points=[30],
+    run(Experiment(dataset="kodak", data_dir=str(kodak_dir), codecs=["jpeg"], points=[30],
                    metrics=["psnr", "fid_patch"], out=str(tmp_path / "run"), limit=2))
     assert extractor.rows == rows
     assert len(pd.read_parquet(tmp_path / "run" / "per_set.parquet").query("metric == 'fid_patch'")) == 1

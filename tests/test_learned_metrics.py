@@ -13,12 +13,19 @@ from bench import registry, weights
 from bench.metrics.iqa import tiles
 from bench.weights import WeightsError
 
-SHARED_WEIGHTS = Path(__file__).resolve().parent.parent.parent / "shared" / "weights"
-DISTS_FILE = SHARED_WEIGHTS / "DISTS_weights-f5e65c96.pth"
 
 
 def spec(name):
     return registry.get("metric", name).obj
+
+
+@pytest.fixture(scope="session")
+def dists_file(shared_weights) -> Path:
+    """DISTS alpha/beta from ../shared/weights (or $BENCH_SHARED/weights), listed in its SHA256SUMS."""
+    path = shared_weights / "DISTS_weights-f5e65c96.pth"
+    if not path.is_file():
+        pytest.fail(f"{path} is missing from the shared weights", pytrace=False)
+    return path
 
 
 @pytest.fixture
@@ -75,13 +82,20 @@ def test_lpips_shapes_identity_determinism_batching(random_backbones):
     out = check_batched(score, recon, ref)
     assert (out > 0).all()
     assert score(ref, ref).abs().max() < 1e-6  # identical images: distance 0
+    # the same network weights in the LPIPS authors' own implementation (lpips package) give the same distances
+    import lpips
+
+    reference = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False).eval()
+    reference.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(out, reference(recon, ref, normalize=True).reshape(-1), rtol=1e-5, atol=1e-6)
 
 
-def test_dists_real_alpha_beta_random_vgg(random_backbones):
+def test_dists_real_alpha_beta_random_vgg(random_backbones, dists_file):
     from pyiqa.archs.dists_arch import DISTS
 
-    net = DISTS(pretrained_model_path=str(DISTS_FILE)).eval()
-    real = torch.load(DISTS_FILE, map_location="cpu", weights_only=False)
+    net = DISTS(pretrained_model_path=str(dists_file)).eval()
+    real = torch.load(dists_file, map_location="cpu", weights_only=False)
     torch.testing.assert_close(net.alpha.data, real["alpha"])
     score = spec("dists").scorer(net)
     recon, ref = images()
@@ -202,19 +216,19 @@ def test_build_refuses_before_anything_when_weights_are_missing(cache):
     assert not ok and "lpips-alex-v0.1" in why
 
 
-def test_build_loads_the_checkpoint_from_the_weights_cache(cache, random_backbones, monkeypatch):
+def test_build_loads_the_checkpoint_from_the_weights_cache(cache, random_backbones, monkeypatch, dists_file):
     """dists: the real alpha/beta file imported into a temp TORCH_HOME; the VGG backbone is random
     (its ImageNet file is not here, so require() is told to skip torchvision files)."""
     from pyiqa.archs.dists_arch import DISTS
 
-    weights.import_file(DISTS_FILE)
+    weights.import_file(dists_file)
     real_require = weights.require
     monkeypatch.setattr(weights, "require",
                         lambda ids: real_require([i for i in ids if not i.startswith("torchvision-")]))
     torch.manual_seed(5)
     score = spec("dists").build("cpu")
     torch.manual_seed(5)
-    direct = spec("dists").scorer(DISTS(pretrained_model_path=str(DISTS_FILE)).eval())
+    direct = spec("dists").scorer(DISTS(pretrained_model_path=str(dists_file)).eval())
     recon, ref = images(b=2)
     torch.testing.assert_close(score(recon, ref), direct(recon, ref))
     assert score(ref, ref).abs().max() < 1e-5

@@ -2,9 +2,6 @@
 segmenters through the backend interface, the mmseg guard, and an end-to-end run."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -15,8 +12,6 @@ from bench.metrics import segmenters
 from bench.metrics.miou import IoUAccumulator, MIoU
 from bench.metrics.segmenters import SegmenterError, TransformersSegmenter, thing_lut
 
-REPO = Path(__file__).resolve().parent.parent
-COCO_MINI = Path(os.environ.get("BENCH_SHARED", REPO.parent / "shared")) / "data" / "coco-mini"
 THING_NAMES = [n for _, n in COCO_THINGS]
 THING_IDS = {cid for cid, _ in COCO_THINGS}
 
@@ -126,11 +121,11 @@ def tiny_mask2former():
 
 
 @pytest.fixture(scope="module")
-def coco3():
+def coco3(coco_mini_dir):
     from bench import cards
     from bench.data.loaders import open_dataset
 
-    ld = open_dataset(cards.get("dataset", "coco-mini"), COCO_MINI)
+    ld = open_dataset(cards.get("dataset", "coco-mini"), coco_mini_dir)
     return [ld.load(it) for it in ld.items()[:3]]
 
 
@@ -202,7 +197,7 @@ def test_mmseg_guard():
         segmenters.resolve_backend("detectron")
 
 
-@pytest.mark.skipif(_mmcv_ops_error() is not None, reason=_mmcv_ops_error() or "")
+@pytest.mark.needs_mmcv  # skipped by conftest while mmcv.ops does not import
 def test_mmseg_forward(tmp_path, coco3):  # pragma: no cover - needs a compiled mmcv
     import torch
     from mmengine.config import Config
@@ -290,8 +285,23 @@ def test_registered_spec(monkeypatch, tmp_path):
         spec.version()
 
 
-def test_end_to_end_run(tmp_path, monkeypatch, tiny_seg):
+def miou_by_hand(pairs) -> float:
+    """100 × mean over classes of intersection/union summed over the set (255 = ignored), with numpy."""
+    inter, union = np.zeros(256), np.zeros(256)
+    for pred, gt in pairs:
+        valid = gt != 255
+        g, p = gt[valid].astype(np.int64), pred[valid].astype(np.int64)
+        hit = np.bincount(g[g == p], minlength=256)
+        inter += hit
+        union += np.bincount(g, minlength=256) + np.bincount(p, minlength=256) - hit
+    present = union > 0
+    present[255] = False
+    return float(100 * (inter[present] / union[present]).mean())
+
+
+def test_end_to_end_run(tmp_path, monkeypatch, tiny_seg, coco_mini_dir, coco3):
     import pandas as pd
+    from PIL import Image
 
     from bench.runner import Experiment, run
 
@@ -306,13 +316,17 @@ def test_end_to_end_run(tmp_path, monkeypatch, tiny_seg):
     spec = registry.get("metric", "miou").obj
     monkeypatch.setattr(spec, "_segmenters", {})
     out = tmp_path / "run"
-    res = run(Experiment(dataset="coco-mini", data_dir=str(COCO_MINI), codecs=["jpeg"], points=[50],
+    res = run(Experiment(dataset="coco-mini", data_dir=str(coco_mini_dir), codecs=["jpeg"], points=[50],
                          metrics=["psnr", "miou"], out=str(out), limit=3))
     assert not [p for p in res.problems if not p.startswith("note:")], res.problems
     per_set = pd.read_parquet(out / "per_set.parquet")
     row = per_set[(per_set.metric == "miou")]
     assert len(row) == 1 and row.iloc[0]["aggregate"] == "set" and row.iloc[0]["n_images"] == 3
-    assert 0 <= row.iloc[0]["value"] <= 100
+    # the segmenter's maps of the stored reconstructions against the ground-truth label maps, by hand
+    recon_dir = out / "recon" / "coco-mini" / "jpeg" / "50" / "s0"
+    maps = [(tiny_seg.predict(np.asarray(Image.open(recon_dir / f"{s.id}.png"))), s.label_map) for s in coco3]
+    assert row.iloc[0]["value"] == pytest.approx(miou_by_hand(maps), rel=1e-9)
+    assert 0 < row.iloc[0]["value"] < 100
     import json
 
     extra = json.loads(row.iloc[0]["extra"])
@@ -320,7 +334,7 @@ def test_end_to_end_run(tmp_path, monkeypatch, tiny_seg):
     assert set(per_set[per_set.metric == "psnr"]["aggregate"]) == {"mean"}
     assert built == ["cpu"]
     # resume: nothing to redo, the segmenter is not rebuilt nor rerun
-    res2 = run(Experiment(dataset="coco-mini", data_dir=str(COCO_MINI), codecs=["jpeg"], points=[50],
+    res2 = run(Experiment(dataset="coco-mini", data_dir=str(coco_mini_dir), codecs=["jpeg"], points=[50],
                           metrics=["psnr", "miou"], out=str(out), limit=3))
     assert res2.units_coded == 0 and built == ["cpu"]
     assert len(pd.read_parquet(out / "per_set.parquet").query("metric == 'miou'")) == 1
