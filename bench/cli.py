@@ -120,9 +120,13 @@ def run_cmd(
     console.print(f"{result.units_coded} units coded, {result.units_skipped} reused, {result.units_failed} failed, "
                   f"{result.metric_values} metric values computed, in {result.seconds:.1f} s → {result.out}")
     if plot:
-        from bench.figures import plot_run
+        from bench.figures import FigureError, plot_run
 
-        files = plot_run(result.out)
+        try:
+            files = plot_run(result.out)
+        except FigureError as exc:
+            err.print(f"no plots: {exc}", style="yellow", highlight=False, markup=False, soft_wrap=True)
+            files = []
         if files:
             console.print(f"plots: {result.out / 'plots'} ({len(files)} files)")
     real = [p for p in result.problems if not p.startswith("note:")]
@@ -181,12 +185,12 @@ def plot_cmd(run_dir: Path = typer.Argument(..., help="A run directory."),
              out: Optional[Path] = typer.Option(None, help="Where to write plots [default: RUN/plots]."),
              metrics: Optional[str] = typer.Option(None, help="Comma list of metrics [default: all in the run].")):
     """Write one rate–metric plot per metric (PNG and SVG)."""
-    from bench.figures import plot_run
+    from bench.figures import FigureError, plot_run
     from bench.store import StoreError
 
     try:
         files = plot_run(run_dir, out, _split(metrics))
-    except StoreError as exc:
+    except (StoreError, FigureError) as exc:
         _fail(str(exc))
     for f in files:
         console.print(str(f))

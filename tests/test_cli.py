@@ -141,8 +141,6 @@ def test_bad_images_exit_1_with_problems(tmp_path):
     assert res.exit_code == 1 and "x.png: not a readable image" in res.output
 
 
-@pytest.mark.xfail(strict=True, reason="bug in bench/cli.py (not owned here): plot_cmd catches only StoreError, so "
-                   "bench.figures.FigureError (random-weight rows refused) escapes as a traceback instead of exit 2")
 def test_plot_refuses_random_weight_rows_with_a_message(tmp_path):
     rows = [{"run_id": "r", "dataset": "kodak", "codec": "zoo-mbt", "point": "1", "seed": 0, "metric": "psnr",
              "value": 30.0, "n_images": 1, "aggregate": "mean", "mean_bpp": 0.3, "weights": "random"}]

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from bench import registry, weights
 from bench.weights import WeightFile, WeightsError
 
-SHARED_WEIGHTS = Path(__file__).resolve().parent.parent.parent / "shared" / "weights"
+from conftest import SHARED_WEIGHTS  # ../shared/weights beside the checkout, or $BENCH_SHARED/weights
 DISTS_FILE = SHARED_WEIGHTS / "DISTS_weights-f5e65c96.pth"
 
 
