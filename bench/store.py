@@ -42,7 +42,8 @@ from typing import Any, Iterator
 from bench.hashing import sha256_json
 
 PER_IMAGE_COLUMNS = ["run_id", "dataset", "image_id", "codec", "point", "seed", "height", "width", "bits", "bpp",
-                     "rate_kind", "enc_s", "dec_s", "metric", "value", "weights"]
+                     "rate_kind", "enc_s", "dec_s", "metric", "value", "weights", "payload_bits", "side_bits",
+                     "container_bits"]
 PER_SET_COLUMNS = ["run_id", "dataset", "codec", "point", "seed", "metric", "value", "n_images", "n_patches",
                    "aggregate", "mean_bpp", "weights"]
 
@@ -279,8 +280,10 @@ class RunStore:
         JOIN scope sm ON sm.kind = 'metric' AND sm.key = m.metric AND sm.version = m.metric_version"""
     _PER_IMAGE_SQL = f"""
         SELECT u.dataset, u.image_id, u.codec, u.point, u.seed, u.height, u.width, u.bits, u.bpp, u.rate_kind,
-               u.enc_s, u.dec_s, m.metric, m.value, u.weights, u.image_sha256, u.card_hash, m.metric_version,
-               u.breakdown
+               u.enc_s, u.dec_s, m.metric, m.value, u.weights,
+               json_extract(u.breakdown, '$.payload') AS payload_bits, json_extract(u.breakdown, '$.side') AS side_bits,
+               json_extract(u.breakdown, '$.container') AS container_bits,
+               u.image_sha256, u.card_hash, m.metric_version, u.breakdown
         FROM {_SCOPED}
         ORDER BY u.dataset, u.codec, u.point, u.seed, u.image_id, m.metric"""
     _PER_SET_SQL = f"""
@@ -296,7 +299,7 @@ class RunStore:
         ORDER BY 1, 2, 3, 4, 5, 9"""
     _TYPES = {"seed": "int64", "height": "int64", "width": "int64", "bits": "int64", "n_images": "int64",
               "n_patches": "int64", "bpp": "float64", "enc_s": "float64", "dec_s": "float64", "value": "float64",
-              "mean_bpp": "float64"}
+              "mean_bpp": "float64", "payload_bits": "int64", "side_bits": "int64", "container_bits": "int64"}
 
     def _arrow(self, sql: str):
         import pyarrow as pa

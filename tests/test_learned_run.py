@@ -25,6 +25,8 @@ def test_random_init_run_writes_real_rows_from_stored_bytes(kodak_dir, tmp_path,
         assert row.bits == 8 * len(data) and row.bpp == pytest.approx(8 * len(data) / (768 * 512))
         box = container.unpack(data)
         assert box.point == 1 and sum(container.bits_breakdown(data).values()) == row.bits
+        assert row.payload_bits + row.side_bits + row.container_bits == row.bits
+        assert row.container_bits == container.bits_breakdown(data)["container"] > 0
     assert run(exp).units_coded == 0  # resumed: same key
     # without --init random the same codec needs its official files, named before any work
     with pytest.raises(WeightsError, match=r"bmshj2018-hyperprior-1-7eb97409\.pth\.tar[\s\S]*--init random"):

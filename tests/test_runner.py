@@ -30,6 +30,8 @@ def test_tables_rates_and_stored_bytes(kodak_dir, tmp_path):
         stored = tmp_path / "r" / "bitstreams" / "kodak" / "jpeg" / row.point / "s0" / f"{row.image_id}.bin"
         data = stored.read_bytes()
         assert row.bits == 8 * len(data)
+        assert row.payload_bits + row.side_bits + row.container_bits == row.bits  # JPEG scan / tables / markers
+        assert row.payload_bits > row.side_bits > 0
         assert row.bpp == pytest.approx(8 * len(data) / (row.height * row.width))
         ref = read_rgb(kodak_dir / f"{row.image_id}.png")[0]
         assert (row.height, row.width) == ref.shape[:2]
