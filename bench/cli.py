@@ -240,17 +240,23 @@ def codecs_list():
 
 @metrics_app.command("list")
 def metrics_list():
-    """Metrics, their conventions and licences, and whether they run here."""
+    """Metrics, their conventions (colour space, range, direction), licences, and whether they run here."""
+    entries = sorted(registry.entries("metric").items())
+    licences = sorted({getattr(e.obj, "licence", "") or "not stated" for _, e in entries})
     rows = []
-    for name, entry in sorted(registry.entries("metric").items()):
-        m = entry.obj
-        direction = "higher" if m.higher_better else "lower"
-        rows.append([name, getattr(m, "mode", ""), "yes" if getattr(m, "learned", False) else "no", direction,
+    for name, entry in entries:
+        m = entry.obj  # plugins need not derive from bench.metrics.base: read with defaults
+        unit = getattr(m, "unit", "")
+        rows.append([name, getattr(m, "kind", "per_image").replace("per_", ""), getattr(m, "mode", ""),
+                     "higher" if m.higher_better else "lower", getattr(m, "value_range", "") + (
+                         f" [{unit}]" if unit else ""), getattr(m, "colour_space", ""),
+                     "yes" if getattr(m, "learned", False) else "no",
+                     f"[{licences.index(getattr(m, 'licence', '') or 'not stated') + 1}]",
                      getattr(m, "convention", ""), _status(entry)])
-    _availability_table("metrics", ["metric", "ref", "learned", "better", "convention", "available"], rows)
-    licences = sorted({getattr(e.obj, "licence", "") for e in registry.entries("metric").values()} - {""})
-    for lic in licences:
-        console.print(f"licence: {lic}", highlight=False)
+    _availability_table("metrics", ["metric", "per", "ref", "better", "range", "colour space", "learned", "licence",
+                                    "convention", "available"], rows)
+    for i, lic in enumerate(licences, 1):
+        console.print(f"[{i}] {lic}", highlight=False, markup=False)
 
 
 @datasets_app.command("list")

@@ -13,6 +13,8 @@ reductions differ slightly across CPUs).
 
 Regenerate (after an intended change): ``python -m bench.golden --write
 --data-dir ../shared/data/kodak`` (~15 min on 2 cores), and say why in the commit.
+``--codecs webp`` recomputes and rewrites only those codecs' rows; the other rows are kept
+byte for byte (e.g. after a change to one codec card).
 """
 from __future__ import annotations
 
@@ -32,13 +34,15 @@ TOLERANCE = {"rel": 1e-4, "abs": 1e-6}
 KEYS = ["image_id", "codec", "point", "metric"]
 
 
-def compute(data_dir: str, out: str, images: list[str] | None = None, workers: int = 1, mad: bool = True):
-    """Run the golden experiment (optionally on ``images`` only) into ``out``; returns per_image rows."""
+def compute(data_dir: str, out: str, images: list[str] | None = None, workers: int = 1, mad: bool = True,
+            codecs: list[str] | None = None):
+    """Run the golden experiment (optionally on ``images`` / ``codecs`` only) into ``out``; returns
+    per_image rows."""
     from bench.store import read_table
 
     limit_ids = set(images) if images else None
-    exp = Experiment(dataset="kodak", data_dir=data_dir, codecs=CODECS, points=POINTS, metrics=METRICS, out=out,
-                     workers=workers)
+    exp = Experiment(dataset="kodak", data_dir=data_dir, codecs=codecs or CODECS, points=POINTS, metrics=METRICS,
+                     out=out, workers=workers)
     _run_on(exp, limit_ids)
     if mad:
         mad_ids = set(MAD_IMAGES) & limit_ids if limit_ids else set(MAD_IMAGES)
@@ -97,15 +101,41 @@ def per_point(df):
             .reset_index())
 
 
+def _merge(path: Path, new, keys: list[str], codecs: list[str]) -> None:
+    """Write ``new`` rows (the recomputed ``codecs``) into the golden CSV at ``path``, keeping every
+    other row's text as it is (read as strings: no float round trip), sorted by ``keys``."""
+    import io
+
+    import pandas as pd
+
+    old = pd.read_csv(path, dtype=str, keep_default_na=False)
+    text = io.StringIO()
+    new.to_csv(text, index=False, float_format="%.9g")
+    fresh = pd.read_csv(io.StringIO(text.getvalue()), dtype=str, keep_default_na=False)
+    if list(fresh.columns) != list(old.columns):
+        raise ValueError(f"{path}: columns {list(old.columns)} vs recomputed {list(fresh.columns)}")
+    merged = pd.concat([old[~old["codec"].isin(codecs)], fresh]).sort_values(keys, kind="stable")
+    merged.to_csv(path, index=False)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak"))
     ap.add_argument("--out", default="runs/golden")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--write", action="store_true", help="overwrite results/golden with the new values")
+    ap.add_argument("--codecs", help=f"comma list: recompute (and with --write rewrite) only these codecs' rows "
+                    f"[default: all of {','.join(CODECS)}]")
     args = ap.parse_args()
-    df = compute(args.data_dir, args.out, workers=args.workers)
-    if args.write:
+    codecs = [c.strip() for c in args.codecs.split(",")] if args.codecs else None
+    if codecs and not set(codecs) <= set(CODECS):
+        ap.error(f"--codecs must be among {','.join(CODECS)}")
+    df = compute(args.data_dir, args.out, workers=args.workers, codecs=codecs)
+    if args.write and codecs:
+        _merge(GOLDEN_DIR / "kodak_per_image.csv", df.sort_values(KEYS), KEYS, codecs)
+        _merge(GOLDEN_DIR / "kodak_per_point.csv", per_point(df), ["codec", "point", "metric"], codecs)
+        print(f"rewrote the {', '.join(codecs)} rows of {GOLDEN_DIR}")
+    elif args.write:
         GOLDEN_DIR.mkdir(parents=True, exist_ok=True)
         df.sort_values(KEYS).to_csv(GOLDEN_DIR / "kodak_per_image.csv", index=False, float_format="%.9g")
         per_point(df).to_csv(GOLDEN_DIR / "kodak_per_point.csv", index=False, float_format="%.9g")

@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Callable, Sequence
 
 from bench import registry
-from bench.metrics.iqa import MetricError
+from bench.metrics.base import MetricError, PerImageMetric
 
 WEIGHTS_ID = "clip-vit-b-32-openai"
 MODEL_NAME = "ViT-B-32-quickgelu"
@@ -81,17 +81,18 @@ def openai_vit_b32():
     return model
 
 
-class ClipScore:
+class ClipScore(PerImageMetric):
     """Per-image metric ``clip_score`` (see module doc). ``model_factory()`` returns an
     open_clip CLIP model with its weights loaded (default: :func:`openai_vit_b32`);
     tests pass a random-weight model's constructor."""
 
-    kind = "per_image"
     mode = "NR"
     higher_better = True
     uses_captions = True
     learned = True
     licence = "open_clip: MIT; CLIP weights: OpenAI (MIT)"
+    value_range = "[0, 100] (COCO: ~28–30 in PerCo Table 1)"
+    colour_space = "RGB → CLIP input (bicubic 224, OpenAI mean/std); vs ground-truth captions"
 
     def __init__(self, name: str = "clip_score", caption_rule: str = "mean",
                  model_factory: Callable | None = None, model_name: str = MODEL_NAME,

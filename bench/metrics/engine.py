@@ -10,7 +10,7 @@ from typing import Iterable
 import numpy as np
 
 from bench import registry
-from bench.metrics.iqa import MetricError
+from bench.metrics.base import MetricError
 
 
 def resolve(names: Iterable[str] | str) -> list[str]:
@@ -50,10 +50,9 @@ class MetricEngine:
     """``MetricEngine(["psnr", "ms_ssim"], device="cpu").score(ref, recon)``
     -> ``{name: float or MetricError}`` (an error for one metric never loses the others).
 
-    Per-image metric contract (registry kind "metric", ``kind = "per_image"``):
-    ``available()``, ``check_size(h, w)``, ``version()``, ``higher_better`` and
-    ``build(device)`` -> ``scorer(recon, ref)`` on (1, 3, H, W) float tensors in
-    [0, 1] returning (1,); a metric with ``uses_captions = True`` is called as
+    Per-image metrics derive from :class:`bench.metrics.base.PerImageMetric` (contract and
+    metadata there): ``build(device)`` -> ``scorer(recon, ref)`` on (B, 3, H, W) float tensors
+    in [0, 1] returning (B,); a metric with ``uses_captions = True`` is called as
     ``scorer(recon, ref, captions)`` with the sample's ground-truth captions.
     """
 

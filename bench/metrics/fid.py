@@ -84,6 +84,7 @@ from typing import Any
 import numpy as np
 
 from bench import registry
+from bench.metrics.base import SetMetric
 
 INCEPTION_WEIGHTS = "inception-2015-12-05"
 INPUT_SIZE = 299  # clean-fid's resize target
@@ -348,29 +349,41 @@ def kernel_distance(feats1: np.ndarray, feats2: np.ndarray, num_subsets: int = K
 
 
 # ---------------------------------------------------------------------------- the metrics
-@dataclass(frozen=True)
-class CleanFIDMetric:
-    """FID or KID between a set of references and their reconstructions (set metric contract,
-    see ``bench.runner.run_set_metrics``)."""
+@dataclass(eq=False)
+class CleanFIDMetric(SetMetric):
+    """FID or KID between a set of references and their reconstructions (a :class:`SetMetric`).
+
+    ``update(sample, recon)`` queues the pair; every ``batch_size`` images the queue's
+    features (references and reconstructions) are extracted (or read from the cache) and
+    kept, so memory holds features, not images. ``compute()`` extracts the rest and returns
+    the distance with its protocol in ``extra``."""
 
     name: str
     statistic: str  # "fid" or "kid"
     protocol: str  # key of PROTOCOLS
     batch_size: int = 32
 
-    kind = "per_set"
+    mode = "FR"  # compares the distribution of reconstructions with that of the references
     higher_better = False
-    mode = "set"
     learned = True
     licence = CLEANFID_LICENCE
+    colour_space = "RGB → clean-fid resize to 299×299 (PIL bicubic, float) → Inception-v3 pool3"
+
+    def __post_init__(self) -> None:
+        self.reset()
 
     @property
-    def convention(self) -> str:
+    def value_range(self) -> str:  # type: ignore[override]
+        return "≥ 0, 0 = same distribution" if self.statistic == "fid" else \
+            "≈ ≥ 0 (unbiased: can be slightly < 0), 0 = same distribution"
+
+    @property
+    def convention(self) -> str:  # type: ignore[override]
         what = "FID" if self.statistic == "fid" else "KID (raw, not ×1000)"
         return f"{what}, clean-fid clean mode, Inception pool3; {PROTOCOLS[self.protocol]}"
 
     @property
-    def weights(self) -> tuple[str, ...]:
+    def weights(self) -> tuple[str, ...]:  # type: ignore[override]
         """Weight ids of the current feature extractor (none for a test extractor)."""
         return tuple(getattr(feature_extractor("cpu"), "weights", ()))
 
@@ -398,22 +411,43 @@ class CleanFIDMetric:
             v += f":subsets={KID_NUM_SUBSETS},max_subset={KID_SUBSET_SIZE},seed={KID_SEED}"
         return v
 
-    def compute_set(self, pairs, device: str = "cpu", cache_dir: str | Path | None = None) -> dict:
+    # -- update / compute
+    def reset(self) -> None:
+        self._pending: list[tuple[Any, np.ndarray]] = []  # (sample, recon) not yet embedded
+        self._ref: list[np.ndarray] = []  # (n_patches, D) per image
+        self._rec: list[np.ndarray] = []
+        self._n_images = 0
+        self._extractor = None
+
+    def update(self, sample, recon) -> None:
+        if np.shape(recon) != sample.rgb.shape:
+            raise ValueError(f"{self.name}: image {sample.id}: reconstruction {np.shape(recon)} and reference "
+                             f"{sample.rgb.shape} differ in shape")
+        self._pending.append((sample, recon))
+        self._n_images += 1
+        if len(self._pending) >= self.batch_size:
+            self._embed()
+
+    def _embed(self) -> None:
+        """Features of the queued pairs (batches of ``batch_size`` crops, as one call would make)."""
         from bench.data.images import pixel_sha256
 
-        pairs = list(pairs)
+        if not self._pending:
+            return
+        if self._extractor is None:
+            self._extractor = feature_extractor(self.device)
+        kw = {"protocol": self.protocol, "extractor": self._extractor, "device": self.device,
+              "cache_dir": self.cache_dir, "batch_size": self.batch_size}
+        self._ref += compute_features(((s.sha256, s.rgb) for s, _ in self._pending), **kw)
+        self._rec += compute_features(((pixel_sha256(r), r) for _, r in self._pending), **kw)
+        self._pending = []
+
+    def compute(self) -> dict:
         least = 2 if self.protocol == "full" else 1
-        if len(pairs) < least:
-            raise ValueError(f"{self.name} needs at least {least} image(s) (got {len(pairs)})")
-        for sample, recon in pairs:
-            if np.shape(recon) != sample.rgb.shape:
-                raise ValueError(f"{self.name}: image {sample.id}: reconstruction {np.shape(recon)} and reference "
-                                 f"{sample.rgb.shape} differ in shape")
-        extractor = feature_extractor(device)
-        kw = {"protocol": self.protocol, "extractor": extractor, "device": device, "cache_dir": cache_dir,
-              "batch_size": self.batch_size}
-        ref = np.concatenate(compute_features(((s.sha256, s.rgb) for s, _ in pairs), **kw))
-        rec = np.concatenate(compute_features(((pixel_sha256(r), r) for _, r in pairs), **kw))
+        if self._n_images < least:
+            raise ValueError(f"{self.name} needs at least {least} image(s) (got {self._n_images})")
+        self._embed()
+        ref, rec = np.concatenate(self._ref), np.concatenate(self._rec)
         if len(ref) < 2:
             raise ValueError(f"{self.name} needs at least 2 {'images' if self.protocol == 'full' else 'patches'} "
                              f"(got {len(ref)})")
@@ -422,8 +456,8 @@ class CleanFIDMetric:
         else:
             value, info = kernel_distance(ref, rec)
         extra = {"protocol": self.protocol, "protocol_description": PROTOCOLS[self.protocol],
-                 "n_images": len(pairs), "feature_extractor": extractor.id, "feature_dim": int(ref.shape[1]),
-                 "resizer": resizer_id(), "clean_fid": _cleanfid_version()}
+                 "n_images": self._n_images, "feature_extractor": self._extractor.id,
+                 "feature_dim": int(ref.shape[1]), "resizer": resizer_id(), "clean_fid": _cleanfid_version()}
         if self.protocol != "full":
             extra["n_patches"] = len(ref)
             extra["patch_size"] = PATCH
@@ -431,7 +465,7 @@ class CleanFIDMetric:
             extra["rank_note"] = (f"{len(ref)} samples <= {ref.shape[1]} feature dims: covariances are "
                                   "rank-deficient; compare values only at equal sample counts")
         extra.update(info)
-        return {"value": value, "n_images": len(pairs), "extra": extra}
+        return {"value": value, "n_images": self._n_images, "extra": extra}
 
 
 METRICS = (

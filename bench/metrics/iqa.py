@@ -1,13 +1,31 @@
-"""Per-image quality metrics through pyiqa: one default-config table.
+"""Per-image quality metrics: pyiqa's default configs, and SSIM / MS-SSIM on RGB.
 
 Every metric takes reconstruction and reference as float32 tensors
-(B, 3, H, W) in [0, 1], RGB, and returns one score per image (B,). Conventions
-(colour space, range, direction) are pyiqa's defaults for the metric name and
-are stated in ``convention`` so ``bench metrics list`` can show them.
+(B, 3, H, W) in [0, 1], RGB, and returns one score per image (B,). Each states its
+conventions (colour space, value range, direction, unit) as metadata
+(:mod:`bench.metrics.base`), shown by ``bench metrics list``.
+
+SSIM and MS-SSIM come in two conventions that give different numbers (kodim01, JPEG q10
+through Pillow's defaults: MS-SSIM 0.9178 on RGB, 0.9356 on Y):
+
+* ``ssim``, ``ms_ssim`` — pyiqa 0.1.16's defaults (the CDC paper's 16-metric grid uses
+  pyiqa): luma only, Y = 0.299·R + 0.587·G + 0.114·B (BT.601 luma weights, *full* range:
+  the Y of YIQ/JFIF; pyiqa's ``to_y_channel`` with its default ``color_space='yiq'``, not its
+  studio-range 16–235 ``rgb2ycbcr``), scaled to 0..255 and rounded to integers, data range
+  255, float64.
+* ``ssim_rgb``, ``ms_ssim_rgb`` — the R, G and B planes each, data range 1, averaged over the
+  channels: the convention of CompressAI's bench (``pytorch_msssim``), NeuralCompression and
+  PerCo. Computed here (no pyiqa), equal to ``pytorch_msssim.ssim/ms_ssim(x, y,
+  data_range=1.0)`` to ~1e-7.
+
+Each paper figure uses its paper's convention: PerCo's MS-SSIM is ``ms_ssim_rgb``; the CDC
+grid is the pyiqa set (``ssim``, ``ms_ssim``, ...); CompressAI's published curves
+(``results/reference/``) are ``psnr`` and ``ms_ssim_rgb``.
 
 pyiqa is licensed PolyForm Noncommercial 1.0.0 (+ S-Lab non-commercial terms
 for some parts): results are fine to publish, but commercial use of the
-library is not allowed. ``LICENCE`` below is shown by ``bench metrics list``.
+library is not allowed. ``licence`` of each metric is shown by ``bench metrics list``;
+``ssim_rgb``/``ms_ssim_rgb`` are bench's own code (MIT).
 """
 from __future__ import annotations
 
@@ -16,16 +34,16 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from bench import registry
+from bench.metrics.base import MetricError, PerImageMetric
 
 PYIQA_LICENCE = "pyiqa: PolyForm Noncommercial 1.0.0 (+ S-Lab non-commercial)"
+BENCH_LICENCE = "bench: MIT (same definition as pytorch_msssim, MIT)"
 
-
-class MetricError(ValueError):
-    """A metric that cannot score an input (e.g. image too small); says why."""
+__all__ = ["RGBSSIM", "IQAMetric", "MetricError", "non_learned_names", "tiled", "tiles"]
 
 
 @dataclass(frozen=True)
-class IQAMetric:
+class IQAMetric(PerImageMetric):
     """A per-image metric backed by ``pyiqa.create_metric(pyiqa_name, **options)``."""
 
     name: str
@@ -42,8 +60,9 @@ class IQAMetric:
     # longer than N px is scored on near-equal non-overlapping tiles of at most N×N px (see
     # tiles()) and the tile scores are averaged weighted by tile area. Part of version().
     tile: int | None = None
-
-    kind = "per_image"
+    value_range: str = "[0, 1]"
+    colour_space: str = "RGB"
+    unit: str = ""
 
     def available(self) -> tuple[bool, str]:
         import importlib.util
@@ -51,11 +70,6 @@ class IQAMetric:
         if importlib.util.find_spec("pyiqa") is None:
             return False, "pyiqa is not installed: pip install 'pyiqa==0.1.16'"
         return True, ""
-
-    def check_size(self, height: int, width: int) -> None:
-        if min(height, width) < self.min_side:
-            raise MetricError(f"{self.name} needs images at least {self.min_side}×{self.min_side} px "
-                              f"(got {width}×{height}); skip it for this dataset or use larger images")
 
     def version(self) -> str:
         """Part of the resume key: the backend and its version."""
@@ -112,21 +126,34 @@ def tiled(fn: Callable, recon, ref, tile: int | None):
     return total / float(h * w)
 
 
-_Y = "Y of YCbCr (BT.601), from RGB in [0,1]"
+# pyiqa's luma (every Y-channel metric below): to_y_channel(x, 255) with color_space='yiq'
+_Y = "Y = 0.299R + 0.587G + 0.114B (BT.601 luma, full range), ×255 rounded to integers"
+_Y_CONV = ("luma Y (colour space column; pyiqa's to_y_channel with its default color_space='yiq', not its "
+           "studio-range 16–235 rgb2ycbcr)")
+_SSIM_WIN = "11×11 Gaussian window σ=1.5, 'valid' borders, K1=0.01, K2=0.03, data range 255, float64"
 NON_LEARNED_FR: tuple[IQAMetric, ...] = (
-    IQAMetric("psnr", "psnr", "FR", True, "RGB, data range 1 (8-bit values /255), dB; MSE over all channels"),
-    IQAMetric("ssim", "ssim", "FR", True, f"{_Y}; 11×11 Gaussian window, no downsampling"),
-    IQAMetric("ms_ssim", "ms_ssim", "FR", True, f"{_Y}; 5 scales, product form", min_side=161),
-    IQAMetric("cw_ssim", "cw_ssim", "FR", True, f"{_Y}; complex steerable pyramid, 4 levels × 8 orientations",
-              min_side=64),
-    IQAMetric("fsim", "fsim", "FR", True, "RGB (FSIMc, chromatic), [0,1]"),
-    IQAMetric("gmsd", "gmsd", "FR", False, f"{_Y}; gradient magnitude similarity deviation"),
-    IQAMetric("nlpd", "nlpd", "FR", False, f"{_Y}; normalised Laplacian pyramid distance"),
-    IQAMetric("vsi", "vsi", "FR", True, "RGB, [0,1]; visual-saliency induced index"),
-    IQAMetric("mad", "mad", "FR", False, "Y (grey) from RGB, [0,1]; most apparent distortion (slow: ~20 s (16 cores) to ~70 s (2 cores) per 768×512 pair "
-              "on CPU, ~2.6 GB RAM, growing with area); images with a side > 768 px are scored on near-equal tiles "
-              "≤ 768×768, area-weighted mean (every paper dataset, ≤ 768 px, is scored whole)",
-              min_side=32, tile=768),
+    IQAMetric("psnr", "psnr", "FR", True, "RGB, data range 1 (8-bit values /255), dB; MSE over all channels "
+              "(+1e-8: identical images give 80 dB)", value_range="dB, 0..80", unit="dB"),
+    IQAMetric("ssim", "ssim", "FR", True, f"{_Y_CONV}; {_SSIM_WIN}; no downsampling; pyiqa/CDC convention "
+              "(the RGB one, as CompressAI/PerCo: ssim_rgb)", colour_space=_Y),
+    IQAMetric("ms_ssim", "ms_ssim", "FR", True, f"{_Y_CONV}; {_SSIM_WIN}; 5 scales (2×2 average pooling), "
+              "weights 0.0448/0.2856/0.3001/0.2363/0.1333, product form; pyiqa/CDC convention (the RGB one, "
+              "as CompressAI/PerCo: ms_ssim_rgb)", min_side=161, colour_space=_Y),
+    IQAMetric("cw_ssim", "cw_ssim", "FR", True, f"{_Y_CONV}; complex steerable pyramid, 4 levels × 8 orientations",
+              min_side=64, colour_space=_Y),
+    IQAMetric("fsim", "fsim", "FR", True, "FSIMc (chromatic): RGB ×255 → YIQ; phase congruency and gradient on "
+              "Y, chroma similarity on I and Q", colour_space="RGB → YIQ (Y, I, Q)"),
+    IQAMetric("gmsd", "gmsd", "FR", False, f"{_Y_CONV}; gradient magnitude similarity deviation",
+              value_range="≥ 0, 0 = identical", colour_space=_Y),
+    IQAMetric("nlpd", "nlpd", "FR", False, "luma Y in [0,1], not rounded (pyiqa's to_y_channel, 'yiq'); "
+              "normalised Laplacian pyramid distance", value_range="≥ 0, 0 = identical",
+              colour_space="Y = 0.299R + 0.587G + 0.114B (BT.601 luma, full range), in [0,1]"),
+    IQAMetric("vsi", "vsi", "FR", True, "RGB ×255 → LMN colour space (saliency on CIELAB); visual-saliency "
+              "induced index", colour_space="RGB → LMN (+ CIELAB for saliency)"),
+    IQAMetric("mad", "mad", "FR", False, f"{_Y_CONV}; most apparent distortion (slow: ~20 s (16 cores) to ~70 s "
+              "(2 cores) per 768×512 pair on CPU, ~2.6 GB RAM, growing with area); images with a side > 768 px "
+              "are scored on near-equal tiles ≤ 768×768, area-weighted mean (every paper dataset, ≤ 768 px, is "
+              "scored whole)", min_side=32, tile=768, value_range="≥ 0, 0 = identical", colour_space=_Y),
 )
 
 for _m in NON_LEARNED_FR:
@@ -134,4 +161,126 @@ for _m in NON_LEARNED_FR:
 
 
 def non_learned_names() -> list[str]:
+    """The nine non-learned pyiqa metrics (the CDC grid's non-learned FR set)."""
     return [m.name for m in NON_LEARNED_FR]
+
+
+# ---------------------------------------------------------------------------- SSIM / MS-SSIM on RGB
+WINDOW = 11
+SIGMA = 1.5
+K1, K2 = 0.01, 0.03
+MS_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, 5 scales
+
+
+def _gaussian(device):
+    """The 1-D Gaussian window, computed in float32 as pytorch_msssim does (then float64): SSIM
+    is sensitive to the window's last bits in flat regions (a float64-computed window moves
+    kodim01's SSIM by ~2e-6), and this keeps the values equal to the reference implementation."""
+    import torch
+
+    x = torch.arange(WINDOW, dtype=torch.float32) - WINDOW // 2
+    g = torch.exp(-(x ** 2) / (2 * SIGMA ** 2))
+    return (g / g.sum()).to(device=device, dtype=torch.float64)
+
+
+def _blur(x, g):
+    """Separable Gaussian filter of each channel, 'valid' borders (no padding)."""
+    import torch.nn.functional as F
+
+    c = x.shape[1]
+    x = F.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def ssim_parts(x, y, data_range: float = 1.0):
+    """Per-channel SSIM and contrast-structure term, each (B, C): mean over the valid window
+    positions of l·cs and of cs (Wang et al. 2004; constants K1, K2 times ``data_range``)."""
+    g = _gaussian(x.device)
+    c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
+    mu_x, mu_y = _blur(x, g), _blur(y, g)
+    var_x = _blur(x * x, g) - mu_x ** 2
+    var_y = _blur(y * y, g) - mu_y ** 2
+    cov = _blur(x * y, g) - mu_x * mu_y
+    cs = (2 * cov + c2) / (var_x + var_y + c2)
+    lum = (2 * mu_x * mu_y + c1) / (mu_x ** 2 + mu_y ** 2 + c1)
+    return (lum * cs).flatten(2).mean(-1), cs.flatten(2).mean(-1)
+
+
+def _f64(x):
+    """float64, contiguous (NCHW): the engine's tensors are HWC views, and a float64 conv2d on
+    channels-last strides takes a path ~9× slower on CPU."""
+    import torch
+
+    return x.to(dtype=torch.float64, memory_format=torch.contiguous_format)
+
+
+def ssim_rgb(x, y, data_range: float = 1.0):
+    """SSIM of each channel, averaged over channels: (B,). x, y: (B, C, H, W), H, W ≥ 11."""
+    return ssim_parts(_f64(x), _f64(y), data_range)[0].mean(1)
+
+
+def ms_ssim_rgb(x, y, data_range: float = 1.0):
+    """MS-SSIM of each channel (5 scales, 2×2 average pooling with odd sides padded, negative
+    terms clipped to 0, weighted product), averaged over channels: (B,). Sides ≥ 161."""
+    import torch
+    import torch.nn.functional as F
+
+    x, y = _f64(x), _f64(y)
+    terms = []
+    for level in range(len(MS_WEIGHTS)):
+        s, cs = ssim_parts(x, y, data_range)
+        if level == len(MS_WEIGHTS) - 1:
+            terms.append(torch.relu(s))
+            break
+        terms.append(torch.relu(cs))
+        pad = (x.shape[2] % 2, x.shape[3] % 2)
+        x, y = F.avg_pool2d(x, 2, padding=pad), F.avg_pool2d(y, 2, padding=pad)
+    w = torch.tensor(MS_WEIGHTS, dtype=torch.float64, device=x.device).view(-1, 1, 1)
+    return torch.prod(torch.stack(terms) ** w, dim=0).mean(1)
+
+
+@dataclass(frozen=True)
+class RGBSSIM(PerImageMetric):
+    """SSIM (``multiscale=False``) or MS-SSIM on the R, G, B planes, data range 1 — the
+    CompressAI / pytorch_msssim / PerCo convention (module doc). bench's own code, float64."""
+
+    name: str
+    multiscale: bool
+    convention: str
+    min_side: int
+    value_range: str = "[0, 1]"
+
+    mode = "FR"
+    higher_better = True
+    colour_space = "RGB"
+    licence = BENCH_LICENCE
+
+    def version(self) -> str:
+        what = f"ms-ssim:weights={','.join(map(str, MS_WEIGHTS))}:avgpool2" if self.multiscale else "ssim"
+        return f"bench-ssim-1:{what}:rgb:dr=1:gauss{WINDOW}/{SIGMA}:k={K1},{K2}:valid:float64:channel-mean"
+
+    def build(self, device: str = "cpu") -> Callable:
+        import torch
+
+        fn = ms_ssim_rgb if self.multiscale else ssim_rgb
+
+        def score(recon, ref):
+            with torch.inference_mode():
+                return fn(recon, ref).float()
+
+        return score
+
+
+_RGB_CONV = ("R, G and B planes each, values in [0,1] (data range 1), 11×11 Gaussian window σ=1.5, 'valid' "
+             "borders, K1=0.01, K2=0.03, float64")
+RGB_SSIM: tuple[RGBSSIM, ...] = (
+    RGBSSIM("ssim_rgb", False, f"{_RGB_CONV}; mean over channels; = pytorch_msssim.ssim(x, y, data_range=1) "
+            "(CompressAI/PerCo convention; pyiqa's Y one: ssim)", WINDOW, value_range="[-1, 1], 1 = identical"),
+    RGBSSIM("ms_ssim_rgb", True, f"{_RGB_CONV}; 5 scales (2×2 average pooling), weights "
+            "0.0448/0.2856/0.3001/0.2363/0.1333, cs and ssim clipped at 0, product per channel, mean over "
+            "channels; = pytorch_msssim.ms_ssim(x, y, data_range=1) (CompressAI's bench, NeuralCompression, PerCo; "
+            "pyiqa's Y one: ms_ssim)", 161),
+)
+
+for _m in RGB_SSIM:
+    registry.add("metric", _m.name, _m)

@@ -153,32 +153,35 @@ LEARNED: tuple[LearnedMetric, ...] = (
                   f"LPIPS v0.1, AlexNet + linear calibration (PerCo's LPIPS; pyiqa 'lpips'); {_RGB}, mapped to "
                   "[-1,1] inside; distance, 0 = identical; whole image (AlexNet is stride 4)",
                   learned=True, min_side=32, weights=("lpips-alex-v0.1", "torchvision-alexnet"),
-                  checkpoint="lpips-alex-v0.1"),
+                  checkpoint="lpips-alex-v0.1", value_range="≥ 0 (~0..1), 0 = identical"),
     LearnedMetric("lpips_vgg", "lpips-vgg", "FR", False,
                   f"LPIPS v0.1, VGG-16 + linear calibration (pyiqa 'lpips-vgg'); {_RGB}; distance; {_TILE}",
                   learned=True, min_side=16, weights=("lpips-vgg-v0.1", "torchvision-vgg16"),
-                  checkpoint="lpips-vgg-v0.1", tile=1024),
+                  checkpoint="lpips-vgg-v0.1", tile=1024, value_range="≥ 0 (~0..1), 0 = identical"),
     LearnedMetric("dists", "dists", "FR", False,
                   f"DISTS (Ding et al. 2020), VGG-16 with L2 pooling, ImageNet mean/std; {_RGB}; distance; {_TILE}",
-                  learned=True, min_side=16, weights=("dists", "torchvision-vgg16"), checkpoint="dists", tile=1024),
+                  learned=True, min_side=16, weights=("dists", "torchvision-vgg16"), checkpoint="dists", tile=1024,
+                  value_range="≥ 0 (~0..1), 0 = identical"),
     LearnedMetric("pieapp", "pieapp", "FR", False,
                   f"PieAPP v0.1 (pyiqa): {_RGB} → BGR ×255; all 64×64 patches at stride 27, patch-weighted mean; "
                   f"patches evaluated {PATCH_CHUNK} at a time (exact: same value as pyiqa's one pass, bounded "
                   "memory); lower = better",
-                  learned=True, min_side=64, weights=("pieapp",), checkpoint="pieapp", patch_chunk=PATCH_CHUNK),
+                  learned=True, min_side=64, weights=("pieapp",), checkpoint="pieapp", patch_chunk=PATCH_CHUNK,
+                  value_range="~0..5 (can be < 0), lower = better"),
     LearnedMetric("ckdn", "ckdn", "FR", True,
                   f"CKDN (degraded-reference IQA, pyiqa): {_RGB}; recon bicubic / ref nearest resize of the shorter "
                   "side to 329, centre crop 288×288, ImageNet mean/std (fixed cost, no tiling); 0..1",
-                  learned=True, weights=("ckdn", "torchvision-resnet50"), checkpoint="ckdn"),
+                  learned=True, weights=("ckdn", "torchvision-resnet50"), checkpoint="ckdn", value_range="[0, 1]"),
     LearnedMetric("musiq", "musiq", "NR", True,
                   f"MUSIQ trained on KonIQ-10k (no reference: ref ignored); {_RGB}; multi-scale input "
                   "(native 32×32 patches + longer side 224 and 384); ~0..100; whole image",
-                  learned=True, min_side=32, weights=("musiq-koniq",), checkpoint="musiq-koniq"),
+                  learned=True, min_side=32, weights=("musiq-koniq",), checkpoint="musiq-koniq",
+                  value_range="~0..100 (KonIQ MOS scale)"),
     LearnedMetric("dbcnn", "dbcnn", "NR", True,
                   f"DBCNN trained on KonIQ-10k (no reference: ref ignored); {_RGB}, ImageNet mean/std; VGG-16 + "
                   f"SCNN bilinear pooling; ~0..1; {_TILE}",
                   learned=True, min_side=32, weights=("dbcnn-koniq", "dbcnn-scnn", "torchvision-vgg16"),
-                  checkpoint="dbcnn-koniq", tile=1024),
+                  checkpoint="dbcnn-koniq", tile=1024, value_range="~0..1 (KonIQ MOS, normalised)"),
 )
 
 for _m in LEARNED:

@@ -33,6 +33,7 @@ import numpy as np
 from bench import registry
 from bench.data.coco import IGNORE, LABEL_SPACE
 from bench.metrics import segmenters
+from bench.metrics.base import SetMetric
 
 
 class IoUAccumulator:
@@ -86,14 +87,20 @@ class IoUAccumulator:
         }
 
 
-class MIoU:
-    """Set metric ``miou`` (see module doc); ``backend``: auto | transformers | mmseg."""
+class MIoU(SetMetric):
+    """Set metric ``miou`` (see module doc); ``backend``: auto | transformers | mmseg.
 
-    kind = "per_set"
+    ``update(sample, recon)`` segments one reconstruction and adds it to the set's confusion
+    matrix (images without a label map are counted and skipped); ``compute()`` gives the mIoU."""
+
     higher_better = True
     learned = True
-    mode = "FR"
+    mode = "FR"  # against the ground-truth label map, not the original pixels
     needs = ("label_map",)
+    value_range = "[0, 100]"
+    unit = "%"
+    colour_space = "RGB → segmenter input (its own preprocessing)"
+    licence = "segmenter weights' licence (bench weights list); transformers/mmsegmentation: Apache-2.0"
 
     def __init__(self, name: str = "miou", backend: str = "auto", model: str = segmenters.DEFAULT_MODEL,
                  model_dir=None, min_things: int = 60) -> None:
@@ -103,6 +110,7 @@ class MIoU:
         self.model_dir = model_dir
         self.min_things = min_things
         self._segmenters: dict = {}
+        self.reset()
         self.convention = ("segment recon, map model labels to COCO thing ids by name (stuff -> 0 background); "
                            "IoU per class over the whole set (0 = background is a class, 255 ignored); "
                            "mean over present classes, ×100")
@@ -169,36 +177,42 @@ class MIoU:
                                                                   self.model_dir, self.min_things)
         return self._segmenters[device]
 
-    def compute_set(self, pairs, device: str = "cpu", cache_dir=None) -> dict:
-        labelled = [(s, r) for s, r in pairs if s.label_map is not None]
-        skipped = [s.id for s, _ in pairs if s.label_map is None]
-        if not labelled:
-            raise ValueError(f"miou: none of the {len(pairs)} images has a ground-truth label map; "
+    def reset(self) -> None:
+        self._acc = IoUAccumulator(256, IGNORE)
+        self._labelled = 0
+        self._skipped: list[str] = []
+
+    def update(self, sample, recon) -> None:
+        if sample.label_map is None:
+            self._skipped.append(sample.id)
+            return
+        if recon.shape[:2] != sample.label_map.shape:
+            raise ValueError(f"miou: image {sample.id}: reconstruction {recon.shape[:2]} and label map "
+                             f"{sample.label_map.shape} differ in size")
+        pred = self.segmenter(self.device).predict(recon)
+        if pred.shape != sample.label_map.shape:
+            raise ValueError(f"miou: segmenter returned {pred.shape} for image {sample.id} of "
+                             f"{sample.label_map.shape}")
+        self._acc.update(pred, sample.label_map)
+        self._labelled += 1
+
+    def compute(self) -> dict:
+        if not self._labelled:
+            raise ValueError(f"miou: none of the {len(self._skipped)} images has a ground-truth label map; "
                              "use a dataset with segmentation annotations (e.g. coco-mini, coco-val2017)")
-        seg = self.segmenter(device)
-        acc = IoUAccumulator(256, IGNORE)
-        for sample, recon in labelled:
-            if recon.shape[:2] != sample.label_map.shape:
-                raise ValueError(f"miou: image {sample.id}: reconstruction {recon.shape[:2]} and label map "
-                                 f"{sample.label_map.shape} differ in size")
-            pred = seg.predict(recon)
-            if pred.shape != sample.label_map.shape:
-                raise ValueError(f"miou: segmenter returned {pred.shape} for image {sample.id} of "
-                                 f"{sample.label_map.shape}")
-            acc.update(pred, sample.label_map)
-        res = acc.compute()
+        res = self._acc.compute()
         return {
             "value": 100.0 * res["miou"],
-            "n_images": len(labelled),
+            "n_images": self._labelled,
             "extra": {
-                "segmenter": seg.describe(),
+                "segmenter": self.segmenter(self.device).describe(),
                 "label_space": LABEL_SPACE,
                 "ignore_index": IGNORE,
                 "background": "0 = no COCO thing; counted as a class",
                 "n_classes": len(res["classes"]),
                 "iou_per_class": {str(c): round(v, 6) for c, v in res["iou"].items()},
-                "n_skipped_no_label_map": len(skipped),
-                "skipped": skipped[:50],
+                "n_skipped_no_label_map": len(self._skipped),
+                "skipped": self._skipped[:50],
             },
         }
 

@@ -62,7 +62,7 @@ from typing import Protocol
 import numpy as np
 
 from bench.data.coco import BACKGROUND, COCO_THINGS, LABEL_SPACE
-from bench.metrics.iqa import MetricError
+from bench.metrics.base import MetricError
 
 DEFAULT_MODEL = "facebook/mask2former-swin-large-coco-panoptic"
 # bench.weights ids for transformers model directories (used if bench.weights has the entry)
