@@ -207,10 +207,19 @@ _worker_codecs: dict[tuple, Codec] = {}
 _worker_engine: dict[str, Any] = {}
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, metrics: list[str], device: str) -> None:
+    """Pool worker start: thread count, then torch imported and the metrics built (while the
+    main process still plans), so the first task does not pay for them."""
     import torch
 
     torch.set_num_threads(threads)
+    if metrics:
+        engine = _engine(metrics, device)
+        for name in metrics:
+            try:
+                engine.scorer(name)
+            except Exception:  # noqa: BLE001 - the task that needs it reports the error with its unit
+                pass
 
 
 def _codec(card: Card, settings: CodecSettings, role: str) -> Codec:
@@ -422,6 +431,7 @@ def run(exp: Experiment, progress: Callable[[str, int, int], None] | None = None
     store = RunStore(exp.out)
     result = RunResult(Path(exp.out), store.run_id, problems=notes)
     planner = _Planner(exp, store, loader, plans, metrics, result)
+    pools: list[ProcessPoolExecutor] = []
     record = provenance.collect(exp.device, exp.dtype)
     record["experiment"] = {k: getattr(exp, k) for k in exp.__dataclass_fields__}
     record["dataset"] = {"card": ds_card.path, "card_hash": ds_card.hash, "data_dir": str(loader.data_dir),
@@ -467,7 +477,9 @@ def run(exp: Experiment, progress: Callable[[str, int, int], None] | None = None
                 for res in do_units(batch, exp.settings) if batch else [_skipped(batch)]:
                     handle(res)
         else:
-            _run_pool(work, exp, handle)
+            _run_pool(pools, work, exp, metrics, handle)
+            for pool in pools:
+                pool.shutdown(wait=False)  # idle workers exit while the tables are written
         if set_metrics:
             set_keys = run_set_metrics(store, loader, items, plans, planner.keys, set_metrics, exp.device, result,
                                        progress)
@@ -475,6 +487,8 @@ def run(exp: Experiment, progress: Callable[[str, int, int], None] | None = None
         result.problems.append("interrupted: finished units are saved; run the same command again to resume")
         raise
     finally:
+        for pool in pools:
+            pool.shutdown(wait=False, cancel_futures=True)
         store.set_scope(list(planner.keys.values()), planner.versions, set_keys)
         store.export_tables()
         others = store.outside_scope()
@@ -599,26 +613,36 @@ def _skipped(_: None) -> dict:
     return {"unit_key": None, "unit": None, "metrics": {}, "errors": []}
 
 
-def _run_pool(work: Iterator[list[UnitTask] | None], exp: Experiment, handle: Callable[[dict], None]) -> None:
+def _start_pool(exp: Experiment, metrics: list[str]) -> ProcessPoolExecutor:
+    """``exp.workers`` spawned processes, one torch thread per core each, all started at once;
+    each imports torch and builds the metrics before its first task."""
     import multiprocessing as mp
 
     from bench.tuning import set_for_children
 
     set_for_children()
     threads = max(1, (os.cpu_count() or 1) // exp.workers)
-    with ProcessPoolExecutor(exp.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                             initargs=(threads,)) as pool:
-        pending = set()
-        for batch in work:
-            if batch is None:
-                handle(_skipped(batch))
-                continue
-            pending.add(pool.submit(do_units, batch, exp.settings))
-            if len(pending) >= 2 * exp.workers:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    for res in fut.result():
-                        handle(res)
-        for fut in wait(pending).done:
-            for res in fut.result():
-                handle(res)
+    return ProcessPoolExecutor(exp.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                               initargs=(threads, metrics, exp.device))
+
+
+def _run_pool(pools: list[ProcessPoolExecutor], work: Iterator[list[UnitTask] | None], exp: Experiment,
+              metrics: list[str], handle: Callable[[dict], None]) -> None:
+    """Run ``work`` on a pool started at the first unit to do (a finished run starts none);
+    the pool is appended to ``pools`` for the caller to shut down."""
+    pending = set()
+    for batch in work:
+        if batch is None:
+            handle(_skipped(batch))
+            continue
+        if not pools:
+            pools.append(_start_pool(exp, metrics))
+        pending.add(pools[0].submit(do_units, batch, exp.settings))
+        if len(pending) >= 2 * exp.workers:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                for res in fut.result():
+                    handle(res)
+    for fut in wait(pending).done:
+        for res in fut.result():
+            handle(res)
