@@ -36,8 +36,18 @@ def invoke(*args: str, code: int = 0):
     return res
 
 
+def header(output: str) -> list[str]:
+    """Column names of the first Rich table in ``output``."""
+    line = next(ln for ln in output.splitlines() if ln.startswith("┃"))
+    return [c.strip() for c in line.strip().strip("┃").split("┃")]
+
+
 def test_metrics_list_rows():
-    rows = by_name(invoke("metrics", "list").stdout)
+    out = invoke("metrics", "list").stdout
+    col = {name: i for i, name in enumerate(header(out))}
+    rows = {name: [cells[col[c]] for c in ("metric", "ref", "learned", "better", "range", "colour space",
+                                           "available", "per")]
+            for name, cells in by_name(out).items()}
     assert set(rows) == set(registry.entries("metric"))
     # metric: (reference, learned, better), from the metrics' published definitions
     known = {"psnr": ("FR", "no", "higher"), "ssim": ("FR", "no", "higher"), "ms_ssim": ("FR", "no", "higher"),
@@ -50,8 +60,10 @@ def test_metrics_list_rows():
         assert cells[3] == better, (name, cells)
         assert ref is None or cells[1] == ref, (name, cells)
         assert learned is None or cells[2] == learned, (name, cells)
-    assert rows["psnr"][4].startswith("RGB, data range 1") and rows["psnr"][5] == "yes"
-    assert "licence: pyiqa: PolyForm Noncommercial 1.0.0" in invoke("metrics", "list").stdout
+    assert rows["psnr"][4].startswith("dB") and rows["psnr"][5] == "RGB" and rows["psnr"][6] == "yes"
+    assert rows["ms_ssim"][5].startswith("Y") and rows["ms_ssim_rgb"][5] == "RGB"  # the two conventions, named apart
+    assert rows["fid"][7] == "set" and rows["psnr"][7] == "image"
+    assert "pyiqa: PolyForm Noncommercial 1.0.0" in out and "] pyiqa: PolyForm" in out
 
 
 def test_codecs_and_datasets_list_rows():
