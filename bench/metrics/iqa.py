@@ -25,7 +25,8 @@ grid is the pyiqa set (``ssim``, ``ms_ssim``, ...); CompressAI's published curve
 pyiqa is licensed PolyForm Noncommercial 1.0.0 (+ S-Lab non-commercial terms
 for some parts): results are fine to publish, but commercial use of the
 library is not allowed. ``licence`` of each metric is shown by ``bench metrics list``;
-``ssim_rgb``/``ms_ssim_rgb`` are bench's own code (MIT).
+``ssim_rgb``/``ms_ssim_rgb`` run pytorch_msssim (MIT; the implementation CompressAI's bench
+uses, installed with compressai) on float64 input.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from bench import registry
 from bench.metrics.base import MetricError, PerImageMetric
 
 PYIQA_LICENCE = "pyiqa: PolyForm Noncommercial 1.0.0 (+ S-Lab non-commercial)"
-BENCH_LICENCE = "bench: MIT (same definition as pytorch_msssim, MIT)"
+PYTORCH_MSSSIM_LICENCE = "pytorch_msssim: MIT"
 
 __all__ = ["RGBSSIM", "IQAMetric", "MetricError", "non_learned_names", "tiled", "tiles"]
 
@@ -172,40 +173,6 @@ K1, K2 = 0.01, 0.03
 MS_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, 5 scales
 
 
-def _gaussian(device):
-    """The 1-D Gaussian window, computed in float32 as pytorch_msssim does (then float64): SSIM
-    is sensitive to the window's last bits in flat regions (a float64-computed window moves
-    kodim01's SSIM by ~2e-6), and this keeps the values equal to the reference implementation."""
-    import torch
-
-    x = torch.arange(WINDOW, dtype=torch.float32) - WINDOW // 2
-    g = torch.exp(-(x ** 2) / (2 * SIGMA ** 2))
-    return (g / g.sum()).to(device=device, dtype=torch.float64)
-
-
-def _blur(x, g):
-    """Separable Gaussian filter of each channel, 'valid' borders (no padding)."""
-    import torch.nn.functional as F
-
-    c = x.shape[1]
-    x = F.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
-def ssim_parts(x, y, data_range: float = 1.0):
-    """Per-channel SSIM and contrast-structure term, each (B, C): mean over the valid window
-    positions of l·cs and of cs (Wang et al. 2004; constants K1, K2 times ``data_range``)."""
-    g = _gaussian(x.device)
-    c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
-    mu_x, mu_y = _blur(x, g), _blur(y, g)
-    var_x = _blur(x * x, g) - mu_x ** 2
-    var_y = _blur(y * y, g) - mu_y ** 2
-    cov = _blur(x * y, g) - mu_x * mu_y
-    cs = (2 * cov + c2) / (var_x + var_y + c2)
-    lum = (2 * mu_x * mu_y + c1) / (mu_x ** 2 + mu_y ** 2 + c1)
-    return (lum * cs).flatten(2).mean(-1), cs.flatten(2).mean(-1)
-
-
 def _f64(x):
     """float64, contiguous (NCHW): the engine's tensors are HWC views, and a float64 conv2d on
     channels-last strides takes a path ~9× slower on CPU."""
@@ -215,34 +182,28 @@ def _f64(x):
 
 
 def ssim_rgb(x, y, data_range: float = 1.0):
-    """SSIM of each channel, averaged over channels: (B,). x, y: (B, C, H, W), H, W ≥ 11."""
-    return ssim_parts(_f64(x), _f64(y), data_range)[0].mean(1)
+    """SSIM of each channel, averaged over channels: (B,). x, y: (B, C, H, W), H, W ≥ 11.
+    pytorch_msssim (the implementation CompressAI's bench uses) on float64 input."""
+    from pytorch_msssim import ssim
+
+    return ssim(_f64(x), _f64(y), data_range=data_range, win_size=WINDOW, win_sigma=SIGMA, K=(K1, K2),
+                size_average=False)
 
 
 def ms_ssim_rgb(x, y, data_range: float = 1.0):
     """MS-SSIM of each channel (5 scales, 2×2 average pooling with odd sides padded, negative
-    terms clipped to 0, weighted product), averaged over channels: (B,). Sides ≥ 161."""
-    import torch
-    import torch.nn.functional as F
+    terms clipped to 0, weighted product), averaged over channels: (B,). Sides ≥ 161.
+    pytorch_msssim (the implementation CompressAI's bench uses) on float64 input."""
+    from pytorch_msssim import ms_ssim
 
-    x, y = _f64(x), _f64(y)
-    terms = []
-    for level in range(len(MS_WEIGHTS)):
-        s, cs = ssim_parts(x, y, data_range)
-        if level == len(MS_WEIGHTS) - 1:
-            terms.append(torch.relu(s))
-            break
-        terms.append(torch.relu(cs))
-        pad = (x.shape[2] % 2, x.shape[3] % 2)
-        x, y = F.avg_pool2d(x, 2, padding=pad), F.avg_pool2d(y, 2, padding=pad)
-    w = torch.tensor(MS_WEIGHTS, dtype=torch.float64, device=x.device).view(-1, 1, 1)
-    return torch.prod(torch.stack(terms) ** w, dim=0).mean(1)
+    return ms_ssim(_f64(x), _f64(y), data_range=data_range, win_size=WINDOW, win_sigma=SIGMA,
+                   weights=list(MS_WEIGHTS), K=(K1, K2), size_average=False)
 
 
 @dataclass(frozen=True)
 class RGBSSIM(PerImageMetric):
     """SSIM (``multiscale=False``) or MS-SSIM on the R, G, B planes, data range 1 — the
-    CompressAI / pytorch_msssim / PerCo convention (module doc). bench's own code, float64."""
+    CompressAI / pytorch_msssim / PerCo convention (module doc): pytorch_msssim in float64."""
 
     name: str
     multiscale: bool
@@ -253,11 +214,14 @@ class RGBSSIM(PerImageMetric):
     mode = "FR"
     higher_better = True
     colour_space = "RGB"
-    licence = BENCH_LICENCE
+    licence = PYTORCH_MSSSIM_LICENCE
 
     def version(self) -> str:
         what = f"ms-ssim:weights={','.join(map(str, MS_WEIGHTS))}:avgpool2" if self.multiscale else "ssim"
-        return f"bench-ssim-1:{what}:rgb:dr=1:gauss{WINDOW}/{SIGMA}:k={K1},{K2}:valid:float64:channel-mean"
+        import importlib.metadata as md
+
+        return (f"pytorch_msssim-{md.version('pytorch-msssim')}:{what}:rgb:dr=1:gauss{WINDOW}/{SIGMA}:k={K1},{K2}:"
+                "valid:float64:channel-mean")
 
     def build(self, device: str = "cpu") -> Callable:
         import torch
