@@ -25,7 +25,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +175,10 @@ def plan_codecs(exp: Experiment) -> list[CodecPlan]:
         if not points:
             raise ExperimentError(f"codec {card.name!r} has no rate points: give --points or put points: in its card")
         seeds = list(exp.seeds) if adapter.stochastic else [0]
-        codec = build_codec(card, exp.settings)
+        try:
+            codec = build_codec(card, *astuple(exp.settings))
+        except CodecError as exc:  # e.g. a dtype the adapter cannot run here
+            raise ExperimentError(f"codec {card.name!r}: {exc}") from exc
         needed = getattr(codec, "required_weights", lambda pts: [])(points)
         if needed:  # learned codecs: every weight file in place before any work (clear offline message)
             from bench import weights
@@ -193,12 +196,12 @@ def plan_codecs(exp: Experiment) -> list[CodecPlan]:
     return plans
 
 
-def build_codec(card: Card, settings: CodecSettings = CodecSettings()) -> Codec:
+def build_codec(card: Card, device: str = "cpu", dtype: str = "float32", init: str = "pretrained") -> Codec:
     """A new adapter instance configured by ``card`` and the run's device, dtype and init."""
     adapter = registry.get("codec", card.target).obj
     try:
-        return adapter(device=settings.device, dtype=settings.dtype, init=settings.init, **(card.get("params") or {}))
-    except (TypeError, CodecError) as exc:
+        return adapter(device=device, dtype=dtype, init=init, **(card.get("params") or {}))
+    except TypeError as exc:
         raise ExperimentError(f"codec card {card.name!r} ({card.path}): bad params for {card.target}: {exc}") from exc
 
 
@@ -227,7 +230,7 @@ def _codec(card: Card, settings: CodecSettings, role: str) -> Codec:
     instances, so nothing an encoder keeps on itself can reach the decoder."""
     key = (card.hash, settings, role)
     if key not in _worker_codecs:
-        _worker_codecs[key] = build_codec(card, settings)
+        _worker_codecs[key] = build_codec(card, *astuple(settings))
     return _worker_codecs[key]
 
 

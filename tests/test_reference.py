@@ -29,14 +29,18 @@ def _codecs(points):
 
 @pytest.fixture(scope="module")
 def kodak_run(kodak_dir, tmp_path_factory):
+    """Two runs (the tables of a run describe its own experiment): bpp and PSNR at every
+    published quality, and a copy of it resumed with RGB MS-SSIM at two qualities."""
     out = tmp_path_factory.mktemp("reference")
+    full, ms = out / "full", out / "ms"
     first = run(Experiment(dataset="kodak", data_dir=str(kodak_dir), codecs=_codecs(QUALITIES), metrics=["psnr"],
-                           out=str(out)))
+                           out=str(full)))
     assert first.units_coded == 2 * 19 * 24 and not [p for p in first.problems if not p.startswith("note:")]
+    shutil.copytree(full, ms)
     more = run(Experiment(dataset="kodak", data_dir=str(kodak_dir), codecs=_codecs(MS_SSIM_POINTS),
-                          metrics=["psnr", "ms_ssim_rgb"], out=str(out)))
+                          metrics=["psnr", "ms_ssim_rgb"], out=str(ms)))
     assert more.units_coded == 0 and more.metric_values == 2 * len(MS_SSIM_POINTS) * 24  # resumed
-    return out
+    return full, ms
 
 
 # ---------------------------------------------------------------------------- the published files
@@ -91,16 +95,23 @@ def test_provenance_names_libraries_and_chroma_and_nothing_volatile():
 # ---------------------------------------------------------------------------- bench vs the published curves
 @pytest.mark.parametrize("codec", ["jpeg", "webp"])
 def test_bench_reproduces_compressai(kodak_run, codec):
-    res = reference.compare(kodak_run, f"compressai-{codec}")
+    full, ms = kodak_run
+    res = reference.compare(full, f"compressai-{codec}")
     assert res.passed, res.report()
-    assert Counter(c.quantity for c in res.checks) == {"bpp": 19, "psnr": 19, "ms_ssim_rgb": len(MS_SSIM_POINTS)}
+    assert Counter(c.quantity for c in res.checks) == {"bpp": 19, "psnr": 19}
     assert all(c.n_images == 24 for c in res.checks) and res.refused == 0
+    res = reference.compare(ms, f"compressai-{codec}")
+    assert res.passed, res.report()
+    n = len(MS_SSIM_POINTS)
+    assert Counter(c.quantity for c in res.checks) == {"bpp": n, "psnr": n, "ms_ssim_rgb": n}
 
 
 def test_webp_method_4_is_the_published_curve_exactly(kodak_run):
-    res = reference.compare(kodak_run, "compressai-webp")
+    full, ms = kodak_run
+    res = reference.compare(full, "compressai-webp")
     assert res.max_deviation("bpp") < 1e-9  # the same bytes
-    assert res.max_deviation("psnr") < 1e-3 and res.max_deviation("ms_ssim_rgb") < 1e-5
+    assert res.max_deviation("psnr") < 1e-3
+    assert reference.compare(ms, "compressai-webp").max_deviation("ms_ssim_rgb") < 1e-5
 
 
 def test_webp_method_6_is_not(kodak_dir, tmp_path):

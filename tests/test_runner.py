@@ -176,7 +176,8 @@ def test_metrics_all_runs_what_it_can_and_names_missing_weights(kodak_dir, tmp_p
     assert str(tmp_path / "torch" / "hub" / "pyiqa" / "LPIPS_v0.1_alex-df73285e.pth") in notes
     assert all(p.startswith("note:") for p in res.problems)
     df = read_table(tmp_path / "r", "per_image")
-    assert set(df.metric) == {"psnr", "ssim", "ms_ssim", "cw_ssim", "fsim", "gmsd", "nlpd", "vsi", "mad"}
+    assert set(df.metric) == {"psnr", "ssim", "ms_ssim", "ssim_rgb", "ms_ssim_rgb", "cw_ssim", "fsim", "gmsd", "nlpd",
+                              "vsi", "mad"}
 
 
 def test_explicit_metric_that_cannot_run_fails_before_work(kodak_dir, tmp_path, monkeypatch):

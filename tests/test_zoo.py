@@ -215,7 +215,7 @@ def test_reference_files_are_well_formed():
     assert meta["codec"] == "bmshj2018-hyperprior" and meta["dataset"] == "kodak"
     assert meta["source"].startswith("https://github.com/InterDigitalInc/CompressAI/")
     assert meta["path"] in meta["source"] and meta["commit"] in meta["source"]
-    assert set(meta["tolerance"]) == {"bpp_rel", "psnr_abs"}
+    assert set(meta["tolerance"]) == {"bpp_rel", "psnr_abs", "ms_ssim_rgb_abs"}
     assert sorted(rows) == list(range(1, 9))
     bpps = [rows[q]["bpp"] for q in sorted(rows)]
     assert bpps == sorted(bpps) and 0.1 < bpps[0] < bpps[-1] < 2
