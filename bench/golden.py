@@ -43,12 +43,16 @@ def compute(data_dir: str, out: str, images: list[str] | None = None, workers: i
     limit_ids = set(images) if images else None
     exp = Experiment(dataset="kodak", data_dir=data_dir, codecs=codecs or CODECS, points=POINTS, metrics=METRICS,
                      out=out, workers=workers)
+    import pandas as pd
+
     _run_on(exp, limit_ids)
+    tables = [read_table(out, "per_image")]  # each run's tables hold that run's experiment
     if mad:
         mad_ids = set(MAD_IMAGES) & limit_ids if limit_ids else set(MAD_IMAGES)
         if mad_ids:
             _run_on(Experiment(**{**exp.__dict__, "metrics": ["mad"]}), mad_ids)
-    df = read_table(out, "per_image")
+            tables.append(read_table(out, "per_image"))
+    df = pd.concat(tables, ignore_index=True)
     return df[["image_id", "codec", "point", "bits", "bpp", "metric", "value"]]
 
 
