@@ -179,7 +179,7 @@ def plan_codecs(exp: Experiment) -> list[CodecPlan]:
             codec = build_codec(card, *astuple(exp.settings))
         except CodecError as exc:  # e.g. a dtype the adapter cannot run here
             raise ExperimentError(f"codec {card.name!r}: {exc}") from exc
-        needed = getattr(codec, "required_weights", lambda pts: [])(points)
+        needed = codec.required_weights(points)
         if needed:  # learned codecs: every weight file in place before any work (clear offline message)
             from bench import weights
 

@@ -91,6 +91,11 @@ class Codec(ABC):
         """What produced the bytes: library versions, binary paths and hashes."""
         return {}
 
+    def required_weights(self, points: Any = None) -> list[str]:
+        """Weight ids (``bench.weights``) that encoding/decoding at ``points`` needs; the
+        runner checks them all before any work. No learned parameters: none."""
+        return []
+
     def fingerprint(self, point: Any) -> dict[str, Any]:
         """What the resume key of a unit at rate ``point`` covers beyond the card's
         parameters and ``version``: library/program/weight versions that can change

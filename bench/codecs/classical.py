@@ -47,6 +47,20 @@ def _pillow_provenance(feature: str | None = None, **settings: Any) -> dict[str,
     return {**prov, **settings}
 
 
+def _scan_end(data: bytes, start: int) -> int:
+    """Index of the first marker after entropy-coded data at ``start``: an 0xFF not followed by
+    a stuffed 0x00 or a restart marker RST0..7 (``len(data)`` if there is none). Jumps from
+    0xFF to 0xFF with ``bytes.find`` (a byte-by-byte Python loop cost ~5 ms per Kodak image)."""
+    n = len(data)
+    j = data.find(b"\xff", start)
+    while 0 <= j < n - 1:
+        nxt = data[j + 1]
+        if nxt != 0x00 and not 0xD0 <= nxt <= 0xD7:
+            return j
+        j = data.find(b"\xff", j + 2)
+    return n - 1 if j == n - 1 else n
+
+
 def jpeg_segments(data: bytes) -> dict[str, int]:
     """Split a baseline/progressive JPEG into header (markers) and entropy-coded bits.
 
@@ -74,11 +88,7 @@ def jpeg_segments(data: bytes) -> dict[str, int]:
             side += seg
         i += seg
         if marker == 0xDA:  # SOS: entropy-coded data follows up to the next non-RST marker
-            j = i
-            while j + 1 < n:
-                if data[j] == 0xFF and data[j + 1] not in (0x00,) and not 0xD0 <= data[j + 1] <= 0xD7:
-                    break
-                j += 1
+            j = _scan_end(data, i)
             payload += j - i
             i = j
     payload += max(0, n - i)
