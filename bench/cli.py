@@ -299,6 +299,27 @@ def codecs_check(
         raise typer.Exit(1)
 
 
+@codecs_app.command("new")
+def codecs_new(
+    name: str = typer.Argument(..., help="Codec name (lower case, digits, dashes): card, adapter and entry point."),
+    kind: str = typer.Option("classical", help="classical (a Python library), external (encoder/decoder "
+                             "programs) or torch (a learned codec)."),
+    out: Path = typer.Option(Path("."), help="Folder to write the package folder NAME into."),
+):
+    """Write a codec plugin package: pyproject with the entry points, adapter, card, test, README."""
+    from bench.scaffold import ScaffoldError, names, new_plugin
+
+    try:
+        root = new_plugin(name, kind, out)
+    except ScaffoldError as exc:
+        _fail(str(exc))
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        console.print(f"wrote {f}", highlight=False)
+    init = " --init random" if kind == "torch" else ""
+    console.print(f"next: write the bodies that raise NotImplementedError in {root / names(name)['pkg'] / 'adapter.py'}, "
+                  f"then\n  pip install -e {root}\n  bench codecs check {name}{init}", highlight=False)
+
+
 @metrics_app.command("list")
 def metrics_list():
     """Metrics, their conventions (colour space, range, direction), licences, and whether they run here."""
