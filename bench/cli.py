@@ -273,7 +273,7 @@ def codecs_check(
     card = report.card
     console.print(f"[bold]{card.name}[/] ({card.path or 'default card'}) -> adapter {report.adapter or card.target}; "
                   f"init {report.init}; points {report.points}", highlight=False, soft_wrap=True)
-    if report.coded:
+    if any(c.data for c in report.coded):
         table = Table(title="round trips (PSNR: decoded here; dec s: in the separate process)")
         for c in ("image", "size", "point", "bytes", "bpp", "PSNR dB", "enc s", "dec s"):
             table.add_column(c, justify="left" if c in ("image", "point") else "right")

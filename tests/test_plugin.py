@@ -125,7 +125,7 @@ def test_module_level_cache_plugin_fails_the_check(installed, kodak_dir):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     table = rows(proc.stdout)
     assert "FAIL" in table["fresh-process"] and "FAIL" in table["plausible"]
-    assert "a fresh process with only the bytes and the card failed (KeyError" in proc.stdout
+    assert "(KeyError: " in proc.stdout and "a fresh process with only the bytes and the card failed" in proc.stdout
     assert "module-level cache" in proc.stdout
 
 

@@ -199,10 +199,20 @@ def describe(exc: BaseException) -> str:
     return text
 
 
-def _short(items: Sequence[str], n: int = 3) -> str:
-    items = list(items)
-    more = f"; and {len(items) - n} more" if len(items) > n else ""
-    return "; ".join(items[:n]) + more
+def _short(items: Sequence[str | tuple[str, str]], n: int = 3) -> str:
+    """The first ``n`` problems, joined; ``(where, message)`` items with the same message are
+    said once, with where they happened."""
+    groups: dict[str, list[str]] = {}
+    for item in items:
+        where, message = item if isinstance(item, tuple) else ("", item)
+        groups.setdefault(message, []).append(where)
+    texts = []
+    for message, wheres in groups.items():
+        wheres = [w for w in wheres if w]
+        more = f" and {len(wheres) - 2} more" if len(wheres) > 2 else ""
+        texts.append(f"{', '.join(wheres[:2])}{more}: {message}" if wheres else message)
+    tail = f"; and {len(texts) - n} more" if len(texts) > n else ""
+    return "; ".join(texts[:n]) + tail
 
 
 # ---------------------------------------------------------------------------- images
@@ -389,7 +399,7 @@ class _Checker:
             except Exception as exc:  # noqa: BLE001
                 self.r.add("points", "fail", f"{type(self.codec).__name__}.points() failed: {describe(exc)}")
                 return
-            bad = [f"{p!r} is not one of the adapter's points {valid}"
+            bad = [(f"point {p!r}", f"not one of the adapter's points {valid}")
                    for p in [*card_points, *(self.want_points or [])] if p not in valid]
             how = f"all in the adapter's points {valid}"
         else:
@@ -398,10 +408,10 @@ class _Checker:
                 try:
                     data = self.codec.encode(probe, p, 0)
                     if not isinstance(data, (bytes, bytearray)) or not data:
-                        bad.append(f"{p!r}: encode returned {type(data).__name__} of length "
-                                   f"{len(data) if hasattr(data, '__len__') else '?'}")
+                        bad.append((f"point {p!r}", f"encode returned {type(data).__name__} of length "
+                                                    f"{len(data) if hasattr(data, '__len__') else '?'}"))
                 except Exception as exc:  # noqa: BLE001
-                    bad.append(f"{p!r}: {describe(exc)}")
+                    bad.append((f"point {p!r}", describe(exc)))
             how = f"a {POINT_PROBE[0]}x{POINT_PROBE[1]} crop encodes at each"
         if bad:
             self.r.add("points", "fail", _short(bad))
@@ -532,15 +542,15 @@ class _Checker:
                     data = self.codec.encode(img.rgb, p, 0)
                 except Exception as exc:  # noqa: BLE001
                     c.encode_error = describe(exc)
-                    problems.append(f"{c.where}: {c.encode_error}")
+                    problems.append((c.where, c.encode_error))
                     continue
                 c.enc_s = time.perf_counter() - t
                 if not isinstance(data, (bytes, bytearray)):
                     c.encode_error = f"encode returned {type(data).__name__}, not bytes"
-                    problems.append(f"{c.where}: {c.encode_error}")
+                    problems.append((c.where, c.encode_error))
                 elif not data:
                     c.encode_error = "encode returned 0 bytes: the decoder needs at least the image size"
-                    problems.append(f"{c.where}: {c.encode_error}")
+                    problems.append((c.where, c.encode_error))
                 else:
                     c.data = bytes(data)
         self.r.verdict("encode", problems, f"bytes for {len(self.r.images)} images x {len(self.r.points)} points")
@@ -599,7 +609,7 @@ class _Checker:
                 recon = decoder.decode(c.data, 0)
             except Exception as exc:  # noqa: BLE001
                 c.decode_error = describe(exc)
-                problems.append(f"{c.where}: {c.decode_error}")
+                problems.append((c.where, c.decode_error))
                 continue
             if not isinstance(recon, np.ndarray) or recon.dtype != np.uint8:
                 c.decode_error = (f"decoded to {type(recon).__name__} of dtype {getattr(recon, 'dtype', '-')}, "
@@ -611,7 +621,7 @@ class _Checker:
             else:
                 c.recon = recon
             if c.decode_error:
-                problems.append(f"{c.where}: {c.decode_error}")
+                problems.append((c.where, c.decode_error))
         self.r.verdict("decode", problems, f"a fresh instance decoded {len(self.good)} bitstreams to uint8 of the "
                                            "input's shape")
 
@@ -681,8 +691,8 @@ class _Checker:
             if not res.get("ok"):
                 here = "and here too" if c.recon is None else "but here it worked: the decoder depends on " \
                     "state outside the bytes (a module-level cache, a class attribute, a file the encoder left)"
-                problems.append(f"{c.where}: a fresh process with only the bytes and the card failed "
-                                f"({res.get('error', 'no answer')}) {here}")
+                problems.append((f"{c.where} ({res.get('error', 'no answer')})",
+                                 f"a fresh process with only the bytes and the card failed, {here}"))
             elif c.recon is not None and not _same(c.fresh_recon, c.recon):
                 got = "no array" if c.fresh_recon is None else f"{c.fresh_recon.dtype} {c.fresh_recon.shape}"
                 diff = ""
@@ -820,7 +830,7 @@ class _Checker:
         return "pass", f"CodecError{secs}: {_clip(res['message'])}"
 
 
-def _clip(text: str, n: int = 90) -> str:
+def _clip(text: str, n: int = 120) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= n else text[:n - 1] + "…"
 
