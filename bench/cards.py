@@ -15,11 +15,16 @@ loader's fields (files, pixel hashes, source URLs, licence, protocol).
 
 Card directories searched, in order: ``$BENCH_CARDS`` (os.pathsep-separated
 roots, each holding ``codecs/`` and/or ``datasets/``), then the repository root
-of this checkout. A card's ``result_hash`` (sha256 of its adapter and parameters, not its prose)
+of this checkout, then the packages that installed plugins name in the
+entry-point group ``bench.cards`` (``my_codec = "my_codec"``: the folder of
+package ``my_codec`` holds ``codecs/*.yaml`` and/or ``datasets/*.yaml``, shipped as
+package data). A name found in an earlier root wins: a plugin card cannot replace a
+built-in one. A card's ``result_hash`` (sha256 of its adapter and parameters, not its prose)
 keys resume; ``hash`` (the whole card) goes into provenance.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -69,9 +74,38 @@ class Card:
         return self.body.get(key, default)
 
 
+CARDS_ENTRY_POINT_GROUP = "bench.cards"
+_plugin_roots: list[Path] | None = None
+
+
+def plugin_roots() -> list[Path]:
+    """Folders of the packages named in the entry-point group ``bench.cards`` (found
+    without importing them); a name that does not resolve goes to ``registry.plugin_errors``."""
+    global _plugin_roots
+    if _plugin_roots is None:
+        from importlib.metadata import entry_points
+
+        found: list[Path] = []
+        for ep in entry_points(group=CARDS_ENTRY_POINT_GROUP):
+            name = ep.value.split(":")[0].strip()
+            try:
+                spec = importlib.util.find_spec(name)
+            except (ImportError, ValueError) as exc:
+                spec, why = None, str(exc)
+            else:
+                why = "no such package"
+            if spec is None or not (spec.submodule_search_locations or spec.origin):
+                registry.plugin_errors.append(f"card plugin {ep.name!r} ({ep.value}): {why}")
+                continue
+            locations = list(spec.submodule_search_locations or [])
+            found.append(Path(locations[0]) if locations else Path(spec.origin).parent)
+        _plugin_roots = found
+    return _plugin_roots
+
+
 def roots() -> list[Path]:
     extra = [Path(p) for p in os.environ.get("BENCH_CARDS", "").split(os.pathsep) if p]
-    return [*extra, REPO_ROOT]
+    return [*extra, REPO_ROOT, *plugin_roots()]
 
 
 def parse(kind: str, path: Path) -> Card:

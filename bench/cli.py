@@ -238,6 +238,88 @@ def codecs_list():
         err.print(f"[red]{e}[/]")
 
 
+@codecs_app.command("check")
+def codecs_check(
+    codec: str = typer.Argument(..., help="Codec card name or card file."),
+    init: str = typer.Option("pretrained", help="Learned codecs: pretrained (weight files in place) or random "
+                             "(seeded random weights: checks the adapter with no download)."),
+    point: Optional[list[str]] = typer.Option(None, "--point", help="Rate point to check (repeatable).",
+                                              show_default="the card's first and last"),
+    images: int = typer.Option(2, help="Real images checked at full size."),
+    sizes: str = typer.Option("7x5,513x769", help="Odd sizes, HxW comma list: crops of real images ('' for none)."),
+    data_dir: Optional[str] = typer.Option(None, help="Check on the images in this folder.",
+                                           show_default="Kodak in ../shared, else scikit-image's photos"),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("float32", help="Learned codecs' compute dtype."),
+    timeout: float = typer.Option(10.0, help="Seconds a decoder may take on corrupt bytes, plus 5x its time on the "
+                                  "intact bytes."),
+):
+    """Check that a codec adapter and its card keep bench's contract; exits 1 on any failure."""
+    import json
+
+    from rich.text import Text
+
+    from bench.codecs.check import parse_size, run_checks
+
+    try:
+        size_list = [parse_size(s) for s in _split(sizes) or []]
+    except ValueError as exc:
+        _fail(str(exc))
+    try:
+        report = run_checks(codec, init=init, points=[_point(p) for p in point or []] or None, images=images,
+                            sizes=size_list, data_dir=data_dir, device=device, dtype=dtype, timeout=timeout)
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+    card = report.card
+    console.print(f"[bold]{card.name}[/] ({card.path or 'default card'}) -> adapter {report.adapter or card.target}; "
+                  f"init {report.init}; points {report.points}", highlight=False, soft_wrap=True)
+    if any(c.data for c in report.coded):
+        table = Table(title="round trips (PSNR: decoded here; dec s: in the separate process)")
+        for c in ("image", "size", "point", "bytes", "bpp", "PSNR dB", "enc s", "dec s"):
+            table.add_column(c, justify="left" if c in ("image", "point") else "right")
+        for c in report.coded:
+            p, fresh = c.psnr, c.fresh or {}
+            table.add_row(c.image.id, c.image.size, str(c.point), str(len(c.data)) if c.data else "-",
+                          f"{c.bpp:.4f}" if c.data else "-", "-" if p is None else f"{p:.2f}",
+                          f"{c.enc_s:.3f}" if c.data else "-", f"{fresh['seconds']:.3f}" if fresh.get("ok") else "-")
+        console.print(table)
+    styles = {"pass": "green", "warn": "yellow", "fail": "bold red", "n/a": "dim", "skip": "dim"}
+    width = max(len(c.name) for c in report.checks)
+    for c in report.checks:  # one line per check (long reasons are not cut or wrapped)
+        line = Text("  ")
+        line.append(f"{c.status.upper():<4}", style=styles[c.status])
+        line.append(f"  {c.name:<{width}}  {c.detail}")
+        console.print(line, soft_wrap=True)
+    for p, fp in report.fingerprints.items():
+        console.print(Text(f"fingerprint({p}) = {json.dumps(fp, sort_keys=True)}"), soft_wrap=True)
+    counts = {s: sum(c.status == s for c in report.checks) for s in ("pass", "warn", "fail", "n/a", "skip")}
+    console.print(f"{card.name}: {counts['pass']} passed, {counts['warn']} warnings, {counts['fail']} failed, "
+                  f"{counts['n/a']} n/a, {counts['skip']} not run, in {report.seconds:.1f} s", highlight=False)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@codecs_app.command("new")
+def codecs_new(
+    name: str = typer.Argument(..., help="Codec name (lower case, digits, dashes): card, adapter and entry point."),
+    kind: str = typer.Option("classical", help="classical (a Python library), external (encoder/decoder "
+                             "programs) or torch (a learned codec)."),
+    out: Path = typer.Option(Path("."), help="Folder to write the package folder NAME into."),
+):
+    """Write a codec plugin package: pyproject with the entry points, adapter, card, test, README."""
+    from bench.scaffold import ScaffoldError, names, new_plugin
+
+    try:
+        root = new_plugin(name, kind, out)
+    except ScaffoldError as exc:
+        _fail(str(exc))
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        console.print(f"wrote {f}", highlight=False)
+    init = " --init random" if kind == "torch" else ""
+    console.print(f"next: write the bodies that raise NotImplementedError in {root / names(name)['pkg'] / 'adapter.py'}, "
+                  f"then\n  pip install -e {root}\n  bench codecs check {name}{init}", highlight=False)
+
+
 @metrics_app.command("list")
 def metrics_list():
     """Metrics, their conventions (colour space, range, direction), licences, and whether they run here."""

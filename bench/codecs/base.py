@@ -52,6 +52,7 @@ class Codec(ABC):
     higher_point_is_better: ClassVar[bool] = True  # False for distances/quantizers (bigger = fewer bits)
     default_points: ClassVar[tuple] = ()
     stochastic: ClassVar[bool] = False  # True: decode(data, seed) depends on seed
+    lossless: ClassVar[bool] = False  # True: decode(encode(rgb)) == rgb (a card's `lossless:` overrides it)
     description: ClassVar[str] = ""
 
     def __init__(self, device: str = "cpu", dtype: str = "float32", init: str = "pretrained", **params: Any) -> None:
