@@ -245,10 +245,15 @@ def test_each_mean_says_over_how_many_images(crops, tmp_path):
     for f in crops.iterdir():
         (folder / f.name).write_bytes(f.read_bytes())
     Image.fromarray(np.full((5, 7, 3), 90, np.uint8)).save(folder / "tiny.png")
-    run(Experiment(data_dir=str(folder), codecs=["jpeg"], points=[50], metrics=["psnr", "ms_ssim"],
-                   out=str(tmp_path / "r")))
+    res = run(Experiment(data_dir=str(folder), codecs=["jpeg"], points=[50], metrics=["psnr", "ssim", "ms_ssim"],
+                         out=str(tmp_path / "r")))
     per_set = read_table(tmp_path / "r", "per_set").set_index("metric")
     assert per_set.loc["psnr", "n_images"] == 3 and per_set.loc["ms_ssim", "n_images"] == 2
+    assert per_set.loc["ssim", "n_images"] == 2
+    # each metric that cannot take the 7×5 image says so once, with its size rule (no torch traceback text)
+    assert sorted(p for p in res.problems if "tiny" in p) == [
+        "image tiny: ms_ssim needs images at least 161×161 px (got 7×5); skip it for this dataset or use larger images",
+        "image tiny: ssim needs images at least 11×11 px (got 7×5); skip it for this dataset or use larger images"]
     per_image = read_table(tmp_path / "r", "per_image")
     big = per_image[(per_image.metric == "ms_ssim")]
     assert per_set.loc["ms_ssim", "mean_bpp"] == pytest.approx(big.bpp.mean())

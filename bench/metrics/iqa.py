@@ -136,7 +136,7 @@ NON_LEARNED_FR: tuple[IQAMetric, ...] = (
     IQAMetric("psnr", "psnr", "FR", True, "RGB, data range 1 (8-bit values /255), dB; MSE over all channels "
               "(+1e-8: identical images give 80 dB)", value_range="dB, 0..80", unit="dB"),
     IQAMetric("ssim", "ssim", "FR", True, f"{_Y_CONV}; {_SSIM_WIN}; no downsampling; pyiqa/CDC convention "
-              "(the RGB one, as CompressAI/PerCo: ssim_rgb)", colour_space=_Y),
+              "(the RGB one, as CompressAI/PerCo: ssim_rgb)", min_side=11, colour_space=_Y),
     IQAMetric("ms_ssim", "ms_ssim", "FR", True, f"{_Y_CONV}; {_SSIM_WIN}; 5 scales (2×2 average pooling), "
               "weights 0.0448/0.2856/0.3001/0.2363/0.1333, product form; pyiqa/CDC convention (the RGB one, "
               "as CompressAI/PerCo: ms_ssim_rgb)", min_side=161, colour_space=_Y),
