@@ -386,6 +386,35 @@ def datasets_check(name: str = typer.Argument(..., help="Dataset card name or pa
         raise typer.Exit(1)
 
 
+@app.command("doctor")
+def doctor_cmd(
+    need: Optional[str] = typer.Option(None, help="Comma list that must all be present, else exit 1: PROGRAM, "
+                                       "PACKAGE, cuda, codec:CARD (its programs, libraries and weight files), "
+                                       "weights:ID|CONSUMER, dataset:CARD."),
+    as_json: bool = typer.Option(False, "--json", help="Print the facts as JSON instead of tables."),
+):
+    """What this machine has and lacks for bench (programs, Python packages, weights, device, data) and how to get it."""
+    import json
+
+    from bench import doctor
+
+    facts = doctor.collect()
+    try:
+        needs = doctor.check_needs(facts, _split(need)) if need else None
+    except doctor.NeedError as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps({**facts, "needs": needs, "summary": doctor.summary(facts, needs)}, indent=1, default=str))
+    else:
+        doctor.render(facts, console)
+        for n in needs or []:
+            mark = "[green]ok[/]" if n["ok"] else "[red]MISSING[/]"
+            console.print(f"need {n['need']}: {mark} {n['why']}", highlight=False, soft_wrap=True)
+        console.print(doctor.summary(facts, needs), highlight=False, soft_wrap=True)
+    if needs and not all(n["ok"] for n in needs):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     from bench.cards import CardError
 
