@@ -215,28 +215,41 @@ def _weights_need(facts: dict, ids: list[str]) -> tuple[bool, str]:
     return True, f"{len(ids)} weight file(s) present"
 
 
-def _codec_need(facts: dict, name: str) -> tuple[bool, str]:
-    from bench import cards, registry
-    from bench.codecs.external import SubprocessCodec
+def _card_weight_ids(card) -> list[str]:
+    """Weight ids a learned codec card needs for its points ([] for other adapters)."""
+    from bench import registry
     from bench.codecs.torch_base import TorchCodec
     from bench.runner import build_codec
+
+    cls = registry.get("codec", card.target).obj
+    if not (isinstance(cls, type) and issubclass(cls, TorchCodec)):
+        return []
+    return build_codec(card).required_weights(card.get("points") or None)
+
+
+def _codec_need(facts: dict, name: str) -> tuple[bool, str]:
+    """Everything codec card ``name`` needs: its programs (a path in the card's params wins,
+    as in a run), its Python libraries, the weight files of its points."""
+    from bench import cards, registry
+    from bench.codecs.base import CodecError
+    from bench.codecs.external import SubprocessCodec
+    from bench.codecs.torch_base import TorchCodec
 
     card = cards.get("codec", name)
     cls = registry.get("codec", card.target).obj
     problems, have = [], []
     if isinstance(cls, type) and issubclass(cls, SubprocessCodec):
-        for exe in cls.programs.values():
-            row = _program_row(facts, exe)
-            (have if row and row["found"] else problems).append(
-                f"{exe}" if row and row["found"] else f"program {exe} missing ({cls.install_hint} or set "
-                                                      f"{row['env'] if row else exe})")
+        params = card.get("params") or {}
+        for role, exe in cls.programs.items():
+            try:
+                have.append(cls.find(role, params.get(role)))
+            except CodecError as exc:
+                problems.append(str(exc))
     elif isinstance(cls, type) and issubclass(cls, TorchCodec):
         libs = [d for d in ("torch", *cls.libraries) if _version(d) is None]
         if libs:
             problems.append(f"Python packages missing: {', '.join(libs)} (pip install {' '.join(libs)})")
-        codec = build_codec(card)
-        ids = codec.required_weights(card.get("points") or None)
-        ok, why = _weights_need(facts, ids)
+        ok, why = _weights_need(facts, _card_weight_ids(card))
         (have if ok else problems).append(why)
     else:
         ok, why = cls.available() if hasattr(cls, "available") else (True, "")
@@ -285,12 +298,12 @@ def check_needs(facts: dict, items: list[str]) -> list[dict[str, Any]]:
                 c = facts["weights"]["consumers"][name]
                 ids = c["present"] + c["missing"]
             else:
+                from bench import cards
+
                 try:
-                    ok, why = _codec_need(facts, name)
+                    ids = _card_weight_ids(cards.get("codec", name))
                 except KeyError as exc:
                     raise NeedError(f"--need {item!r}: not a weight id, consumer or codec card ({exc})") from exc
-                out.append({"need": item, "ok": ok, "why": why})
-                continue
             ok, why = _weights_need(facts, ids)
         elif kind == "codec":
             try:
@@ -348,7 +361,7 @@ def render(facts: dict, console) -> None:
 
 def summary(facts: dict, needs: list[dict] | None = None) -> str:
     progs = facts["programs"]
-    pk = [p for p in facts["packages"]]
+    pk = facts["packages"]
     line = (f"{sum(p['found'] for p in progs)}/{len(progs)} programs, "
             f"{sum(p['version'] is not None for p in pk)}/{len(pk)} optional packages, "
             f"{facts['weights']['present']}/{facts['weights']['files']} weight files, "

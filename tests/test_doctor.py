@@ -130,3 +130,18 @@ def test_dataset_need_follows_the_data_dir(kodak_dir, monkeypatch):
     assert data["needs"][0]["ok"] and str(kodak_dir) in data["needs"][0]["why"]
     monkeypatch.setenv("BENCH_KODAK_DIR", str(kodak_dir / "nowhere"))
     assert "24 of 24 files missing" in facts("--need", "dataset:kodak", code=1)["needs"][0]["why"]
+
+
+def test_need_codec_uses_the_cards_program_paths(no_programs, tmp_path, monkeypatch):
+    fake = tmp_path / "my-avifenc"
+    fake.write_text("#!/bin/sh\necho avifenc 1\n")
+    fake.chmod(0o755)
+    (tmp_path / "cards" / "codecs").mkdir(parents=True)
+    (tmp_path / "cards" / "codecs" / "avif-here.yaml").write_text(
+        f"name: avif-here\nadapter: avifenc\nparams: {{encoder: {fake}, decoder: {fake}}}\npoints: [30]\n")
+    monkeypatch.setenv("BENCH_CARDS", str(tmp_path / "cards"))
+    data = facts("--need", "codec:avif-here,codec:avifenc", code=1)
+    here, plain = data["needs"]
+    assert here["ok"] and str(fake) in here["why"]
+    assert not plain["ok"] and "libavif-bin" in plain["why"] and "BENCH_AVIFENC" in plain["why"]
+    assert programs(data)["avifenc"]["cards"] == ["avif-here", "avifenc"]
