@@ -191,8 +191,12 @@ def datasets() -> list[dict[str, Any]]:
 
 
 def collect() -> dict[str, Any]:
-    return {"programs": programs(), "packages": packages(), "weights": weights(), "device": device(),
-            "datasets": datasets()}
+    from bench import registry
+
+    facts = {"programs": programs(), "packages": packages(), "weights": weights(), "device": device(),
+             "datasets": datasets()}
+    facts["plugin_errors"] = list(registry.plugin_errors)  # plugins that failed to load (after the registry loaded)
+    return facts
 
 
 # ---------------------------------------------------------------------------- --need
@@ -357,6 +361,8 @@ def render(facts: dict, console) -> None:
     table("datasets", ["dataset", "files", "where / what is missing"],
           [[d["dataset"], f"[green]{d['images']} images[/]" if d["ok"] else no, d["dir"] if d["ok"] else d["why"]]
            for d in facts["datasets"]])
+    for e in facts.get("plugin_errors", []):
+        console.print(f"[red]{e}[/]", highlight=False, soft_wrap=True)
 
 
 def summary(facts: dict, needs: list[dict] | None = None) -> str:
