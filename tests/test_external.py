@@ -105,7 +105,7 @@ def test_nonzero_exit_names_program_status_stderr_and_command(fake):
                "print('fatal: bad bitstream marker 0xFF', file=sys.stderr)\nsys.exit(3)\n")
     assert res.units_failed == 2 and res.units_coded == 0
     msg = errors(res)[0]
-    assert "bench-fake-dec exited with status 3" in msg
+    assert "decoder failed (exit 3), program bench-fake-dec" in msg
     assert "fatal: bad bitstream marker 0xFF" in msg and "reading header" in msg
     assert "command: " in msg and "/bin/bench-fake-dec" in msg and "out.png" in msg
 
@@ -115,26 +115,26 @@ def test_crash_by_signal_is_named(fake):
                "os.kill(os.getpid(), signal.SIGSEGV)\n")
     assert res.units_failed == 2
     msg = errors(res)[0]
-    assert "bench-fake-dec killed by signal SIGSEGV" in msg and "about to crash" in msg
+    assert "decoder failed (killed by signal SIGSEGV), program bench-fake-dec" in msg and "about to crash" in msg
 
 
 def test_garbage_output_is_an_unreadable_image(fake):
     res = fake("import sys\nopen(sys.argv[2], 'wb').write(b'this is not a PNG at all' * 10)\n")
     assert res.units_failed == 2
     msg = errors(res)[0]
-    assert "bench-fake-dec exited 0 but wrote an unreadable image out.png" in msg and "this is not" in msg
+    assert "decoder wrote an unreadable image out.png" in msg and "program bench-fake-dec" in msg and "this is not" in msg
 
 
 def test_no_output_is_named(fake):
     res = fake("pass\n")
     assert res.units_failed == 2
-    assert "bench-fake-dec exited 0 but wrote no image out.png" in errors(res)[0]
+    assert "decoder wrote no image out.png (exit 0), program bench-fake-dec" in errors(res)[0]
 
 
 def test_empty_bitstream_is_named(fake):
     res = fake(COPY, encoder_body="import sys\nopen(sys.argv[2], 'wb').close()\n")
     assert res.units_failed == 2
-    assert "bench-fake-enc exited 0 but wrote an empty bitstream out.bin" in errors(res)[0]
+    assert "encoder wrote an empty bitstream out.bin (exit 0), program bench-fake-enc" in errors(res)[0]
 
 
 def test_hung_program_and_its_child_are_killed(fake, tmp_path):
@@ -153,7 +153,7 @@ def test_hung_program_and_its_child_are_killed(fake, tmp_path):
     assert time.monotonic() - t0 < 60
     assert res.units_failed == 2 and res.units_coded == 0
     msg = errors(res)[0]
-    assert "bench-fake-dec timed out after 1.5s (process group killed)" in msg and "waiting forever" in msg
+    assert "decoder failed (timed out after 1.5s; process group killed), program bench-fake-dec" in msg and "waiting forever" in msg
     children = [int(p) for p in os.listdir(pids)]
     assert len(children) >= 2  # one per image (the runner may also retry)
     for pid in children:
@@ -182,7 +182,7 @@ def test_run_kills_group_and_cleans_up_on_direct_call(tmp_path, monkeypatch):
     before = set(leftovers())
     codec = FakeProgram(timeout_s=0.5)
     rgb = np.zeros((8, 8, 3), np.uint8)
-    with pytest.raises(CodecError, match=r"encoder bench-fake-enc timed out after 0.5s"):
+    with pytest.raises(CodecError, match=r"encoder failed \(timed out after 0.5s; process group killed\), program bench-fake-enc"):
         codec.encode(rgb, 1)
     assert set(leftovers()) <= before
 

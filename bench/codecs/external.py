@@ -104,16 +104,16 @@ class SubprocessCodec(Codec):
         except OSError as exc:
             raise CodecError(f"{self.name}: cannot start {role} program: {exc}\ncommand: {shlex.join(cmd)}") from exc
         if timed_out:
-            raise CodecError(self.failure(role, cmd, f"timed out after {self.timeout_s:g}s (process group killed)",
+            raise CodecError(self.failure(role, cmd, f"failed (timed out after {self.timeout_s:g}s; process group killed)",
                                           proc.stderr or proc.stdout))
         if proc.returncode != 0:
             if proc.returncode < 0:
                 try:
-                    status = f"killed by signal {signal.Signals(-proc.returncode).name}"
+                    status = f"failed (killed by signal {signal.Signals(-proc.returncode).name})"
                 except ValueError:
-                    status = f"killed by signal {-proc.returncode}"
+                    status = f"failed (killed by signal {-proc.returncode})"
             else:
-                status = f"exited with status {proc.returncode}"
+                status = f"failed (exit {proc.returncode})"
             raise CodecError(self.failure(role, cmd, status, proc.stderr or proc.stdout))
         return proc
 
@@ -121,7 +121,7 @@ class SubprocessCodec(Codec):
         """The message of a failed program: name, status, last output lines, command line."""
         text = (output or b"").decode(errors="replace").strip().splitlines()
         tail = "\n".join(text[-lines:])[-2000:]
-        msg = f"{self.name}: {role} {Path(cmd[0]).name} {status}"
+        msg = f"{self.name}: {role} {status}, program {Path(cmd[0]).name}"
         if tail:
             msg += f"\nlast stderr lines:\n{tail}"
         elif output is not None:
@@ -151,8 +151,8 @@ class SubprocessCodec(Codec):
             args = self.encode_args(str(src), str(dst), point)
             self.run("encoder", args, tmp)
             if not dst.is_file() or dst.stat().st_size == 0:
-                raise CodecError(self.failure("encoder", [self.paths["encoder"], *args], "exited 0 but wrote "
-                                              f"{'an empty' if dst.is_file() else 'no'} bitstream {dst.name}", None))
+                raise CodecError(self.failure("encoder", [self.paths["encoder"], *args], "wrote "
+                                              f"{'an empty' if dst.is_file() else 'no'} bitstream {dst.name} (exit 0)", None))
             return dst.read_bytes()
 
     def decode(self, data: bytes, seed: int = 0) -> np.ndarray:
@@ -163,13 +163,13 @@ class SubprocessCodec(Codec):
             self.run("decoder", args, tmp)
             cmd = [self.paths["decoder"], *args]
             if not dst.is_file():
-                raise CodecError(self.failure("decoder", cmd, f"exited 0 but wrote no image {dst.name}", None))
+                raise CodecError(self.failure("decoder", cmd, f"wrote no image {dst.name} (exit 0)", None))
             try:
                 return self.read_output(dst)
             except CodecError:
                 raise
             except Exception as exc:  # garbage instead of an image
-                what = (f"exited 0 but wrote an unreadable image {dst.name} ({dst.stat().st_size} bytes starting "
+                what = (f"wrote an unreadable image {dst.name} ({dst.stat().st_size} bytes starting "
                         f"{dst.read_bytes()[:16]!r}; {type(exc).__name__}: {exc})")
                 raise CodecError(self.failure("decoder", cmd, what, None)) from exc
 
