@@ -160,6 +160,18 @@ def test_hung_program_and_its_child_are_killed(fake, tmp_path):
         assert not alive(pid), f"child {pid} of the hung program still runs"
 
 
+def test_children_left_by_a_finished_program_are_killed(fake, tmp_path):
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    res = fake(COPY + "import os, subprocess\n"
+               "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'],\n"
+               "                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+               f"open(os.path.join({str(pids)!r}, str(child.pid)), 'w').close()\n")
+    assert res.units_coded == 2 and not errors(res)
+    children = [int(p) for p in os.listdir(pids)]
+    assert len(children) == 2 and not any(alive(pid) for pid in children)
+
+
 def alive(pid: int, wait_s: float = 5.0) -> bool:
     """Whether ``pid`` still runs (a zombie awaiting its reaper counts as gone)."""
     deadline = time.monotonic() + wait_s
