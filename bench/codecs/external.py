@@ -8,13 +8,24 @@ in order, from the card/constructor parameter ``<role>`` (a path), the
 environment variable ``BENCH_<EXECUTABLE>`` (e.g. ``BENCH_AVIFENC``), then PATH.
 Each program's path, version string and sha256 go into provenance.
 
-Files are exchanged through a private temporary directory; the encoder's output
-file is the stored bitstream, and the decoder sees only that file.
+Files are exchanged through a private temporary directory (removed on success
+and on failure); the encoder's output file is the stored bitstream, and the
+decoder sees only that file.
+
+Each program runs in its own session (process group). After ``timeout_s``
+seconds (class default, or the card parameter ``timeout_s``) the whole group is
+killed, so children a program spawned cannot outlive it; the group is also
+killed when the program exits. A program that times out, dies of a signal,
+exits non-zero, writes nothing or writes an unreadable file raises a
+``CodecError`` naming the program, the exit status or signal, the last stderr
+lines and the command line; the runner records it as a failed unit and goes on.
 """
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 from abc import abstractmethod
@@ -46,7 +57,15 @@ class SubprocessCodec(Codec):
 
     def __init__(self, device: str = "cpu", **params: Any) -> None:
         paths = {role: params.pop(role, None) for role in self.programs}
+        timeout = params.pop("timeout_s", None)
         super().__init__(device, **params)
+        if timeout is not None:
+            try:
+                self.timeout_s = float(timeout)
+            except (TypeError, ValueError):
+                raise CodecError(f"{self.name}: timeout_s must be a number of seconds, got {timeout!r}") from None
+            if not self.timeout_s > 0:
+                raise CodecError(f"{self.name}: timeout_s must be > 0, got {timeout!r}")
         self.paths = {role: self.find(role, paths[role]) for role in self.programs}
 
     # -- locating programs ------------------------------------------------
@@ -77,15 +96,37 @@ class SubprocessCodec(Codec):
 
     # -- running ------------------------------------------------------------
     def run(self, role: str, args: list[str], cwd: str) -> subprocess.CompletedProcess:
+        """Run the ``role`` program in ``cwd`` in its own process group; CodecError on
+        timeout (the whole group is killed), on a signal or on a non-zero exit."""
         cmd = [self.paths[role], *args]
         try:
-            proc = subprocess.run(cmd, cwd=cwd, capture_output=True, timeout=self.timeout_s)
-        except subprocess.TimeoutExpired as exc:
-            raise CodecError(f"{self.name}: {role} timed out after {self.timeout_s:.0f}s: {' '.join(cmd)}") from exc
+            proc, timed_out = run_program(cmd, cwd, self.timeout_s)
+        except OSError as exc:
+            raise CodecError(f"{self.name}: cannot start {role} program: {exc}\ncommand: {shlex.join(cmd)}") from exc
+        if timed_out:
+            raise CodecError(self.failure(role, cmd, f"failed (timed out after {self.timeout_s:g}s; process group killed)",
+                                          proc.stderr or proc.stdout))
         if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).decode(errors="replace").strip()[-800:]
-            raise CodecError(f"{self.name}: {role} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+            if proc.returncode < 0:
+                try:
+                    status = f"failed (killed by signal {signal.Signals(-proc.returncode).name})"
+                except ValueError:
+                    status = f"failed (killed by signal {-proc.returncode})"
+            else:
+                status = f"failed (exit {proc.returncode})"
+            raise CodecError(self.failure(role, cmd, status, proc.stderr or proc.stdout))
         return proc
+
+    def failure(self, role: str, cmd: list[str], status: str, output: bytes | None, lines: int = 10) -> str:
+        """The message of a failed program: name, status, last output lines, command line."""
+        text = (output or b"").decode(errors="replace").strip().splitlines()
+        tail = "\n".join(text[-lines:])[-2000:]
+        msg = f"{self.name}: {role} {status}, program {Path(cmd[0]).name}"
+        if tail:
+            msg += f"\nlast stderr lines:\n{tail}"
+        elif output is not None:
+            msg += " (no stderr output)"
+        return msg + f"\ncommand: {shlex.join(cmd)}"
 
     def write_input(self, rgb: np.ndarray, path: Path) -> None:
         Image.fromarray(rgb, "RGB").save(path, compress_level=1)
@@ -107,19 +148,30 @@ class SubprocessCodec(Codec):
         with tempfile.TemporaryDirectory(prefix="bench-enc-") as tmp:
             src, dst = Path(tmp, "in" + self.input_suffix), Path(tmp, "out" + self.bitstream_suffix)
             self.write_input(rgb, src)
-            self.run("encoder", self.encode_args(str(src), str(dst), point), tmp)
-            if not dst.is_file():
-                raise CodecError(f"{self.name}: encoder wrote no bitstream at {dst.name}")
+            args = self.encode_args(str(src), str(dst), point)
+            self.run("encoder", args, tmp)
+            if not dst.is_file() or dst.stat().st_size == 0:
+                raise CodecError(self.failure("encoder", [self.paths["encoder"], *args], "wrote "
+                                              f"{'an empty' if dst.is_file() else 'no'} bitstream {dst.name} (exit 0)", None))
             return dst.read_bytes()
 
     def decode(self, data: bytes, seed: int = 0) -> np.ndarray:
         with tempfile.TemporaryDirectory(prefix="bench-dec-") as tmp:
             src, dst = Path(tmp, "in" + self.bitstream_suffix), Path(tmp, "out" + self.output_suffix)
             src.write_bytes(data)
-            self.run("decoder", self.decode_args(str(src), str(dst)), tmp)
+            args = self.decode_args(str(src), str(dst))
+            self.run("decoder", args, tmp)
+            cmd = [self.paths["decoder"], *args]
             if not dst.is_file():
-                raise CodecError(f"{self.name}: decoder wrote no image at {dst.name}")
-            return self.read_output(dst)
+                raise CodecError(self.failure("decoder", cmd, f"wrote no image {dst.name} (exit 0)", None))
+            try:
+                return self.read_output(dst)
+            except CodecError:
+                raise
+            except Exception as exc:  # garbage instead of an image
+                what = (f"wrote an unreadable image {dst.name} ({dst.stat().st_size} bytes starting "
+                        f"{dst.read_bytes()[:16]!r}; {type(exc).__name__}: {exc})")
+                raise CodecError(self.failure("decoder", cmd, what, None)) from exc
 
     def provenance(self) -> dict[str, Any]:
         out = {}
@@ -133,17 +185,51 @@ class SubprocessCodec(Codec):
         return {role: {k: v for k, v in info.items() if k != "path"} for role, info in self.provenance().items()}
 
 
-@lru_cache(maxsize=None)
-def program_version(path: str, args: tuple[str, ...]) -> str:
-    """First non-empty output line of ``path args`` (many tools print it on stderr)."""
+def run_program(cmd: list[str], cwd: str | None, timeout_s: float) -> tuple[subprocess.CompletedProcess, bool]:
+    """Run ``cmd`` in a new session (its own process group) with stdout/stderr captured;
+    returns (completed process, timed out). On timeout, on an exception (e.g.
+    KeyboardInterrupt) and after a normal exit the whole group is killed, so no child
+    the program spawned keeps running. OSError if it cannot be started."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    timed_out = False
     try:
-        proc = subprocess.run([path, *args], capture_output=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        kill_group(proc.pid)
+        out, err = proc.communicate()
+    except BaseException:
+        kill_group(proc.pid)
+        proc.wait()
+        raise
+    finally:
+        kill_group(proc.pid)  # children left behind by a program that has exited
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), timed_out
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL every process in group ``pgid`` (a program started with
+    ``start_new_session=True`` leads its own group); a gone group is fine."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+@lru_cache(maxsize=None)
+def program_version(path: str, args: tuple[str, ...], timeout_s: float = 30.0) -> str:
+    """First non-empty output line of ``path args`` (many tools print it on stderr);
+    ``unknown (why)`` if it cannot be run or hangs (its process group is killed)."""
+    try:
+        proc, timed_out = run_program([path, *args], None, timeout_s)
+    except OSError as exc:
         return f"unknown ({exc})"
+    if timed_out:
+        return f"unknown ({shlex.join([path, *args])} timed out after {timeout_s:g}s)"
     text = (proc.stdout or b"").decode(errors="replace") + (proc.stderr or b"").decode(errors="replace")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[0] if lines else "unknown"
-
 
 
 @register("codec", "avifenc")
