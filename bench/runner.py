@@ -424,6 +424,7 @@ def run(exp: Experiment, progress: Callable[[str, int, int], None] | None = None
 
     t_start = time.perf_counter()
     exp.check()
+    _worker_codecs.clear()  # this run's adapters are built anew: programs, weights, env as they are now
     ds_card = resolve_card("dataset", exp.dataset)
     loader = open_dataset(ds_card, exp.data_dir)
     loader.check()

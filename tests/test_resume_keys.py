@@ -123,9 +123,11 @@ def test_external_program_change_recomputes(crops, tmp_path, monkeypatch):
     moved.chmod(script.stat().st_mode)
     monkeypatch.setenv("BENCH_BENCH_TEST_COPY", str(moved))
     assert coded(run(exp(crops, out, codecs=[card], points=None))) == 0
-    with moved.open("a") as f:
-        f.write("# a new build of the program\n")
+    with moved.open("a") as f:  # a new build: its output gains a trailer after the PNG's end
+        f.write("open(sys.argv[2], 'ab').write(b'new-build')\n")
     assert coded(run(exp(crops, out, codecs=[card], points=None))) == 2
+    for stored in (out / "bitstreams" / "folder" / "copy" / "1" / "s0").iterdir():
+        assert stored.read_bytes().endswith(b"new-build")  # made by the new program, not a cached adapter
 
 
 class WeightedTestCodec(Codec):
