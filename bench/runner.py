@@ -583,9 +583,8 @@ def run_set_metrics(store: RunStore, loader: Loader, items: list[Item], plans: l
     set_keys: list[str] = []
     for i, (plan, point, seed) in enumerate(groups):
         pt = point_str(point)
-        planned = [keys[(plan.card.name, pt, seed, it.id)] for it in items if (plan.card.name, pt, seed, it.id) in keys]
-        units = store.units_of(planned)  # finished ones, in image order
         by_key = {it_key: it for it in items if (it_key := keys.get((plan.card.name, pt, seed, it.id)))}
+        units = store.units_of(list(by_key))  # the planned units that finished, in image order
         if not units:
             continue
         mean_bpp = sum(u[2] for u in units) / len(units)
