@@ -84,7 +84,7 @@ def programs() -> list[dict[str, Any]]:
                 except CodecError as exc:
                     row["error"] = str(exc)
                 else:
-                    row.update(found=True, path=path, version=program_version(path, tuple(cls.version_args)),
+                    row.update(found=True, path=path, version=program_version(path, cls.version_args_for(role)),
                                sha256=sha256_file_cached(path))
             row["adapters"].append(name)
             row["cards"] += [c for c, card in sorted(codec_cards.items()) if card.target == name]

@@ -196,3 +196,38 @@ def read_yuv(path: str | Path, width: int, height: int, bits: int = 8,
     cr = arr[n + cw * ch:].reshape(ch, cw)
     dt = _dtype(bits)
     return y.astype(dt), cb.astype(dt), cr.astype(dt)
+
+
+# --------------------------------------------------------------------------- CompressAI's bench convention
+def compressai_rgb_to_planes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """uint8 (H, W, 3) RGB -> uint8 4:4:4 planes exactly as ``compressai.utils.bench``
+    prepares VTM's input (1.2.8, ``VTM._run_impl``): float32 RGB/255, BT.709
+    ``compressai.transforms.functional.rgb2ycbcr`` (Y = Kr R + Kg G + Kb B,
+    Cb = 0.5 (B - Y) / (1 - Kb) + 0.5, Cr likewise: chroma centred on 0.5, i.e. code
+    127.5, not 128), clipped to [0, 1], times 255 and *truncated* (``astype(uint8)``)."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"rgb must be uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    f = np.float32  # torch float32 tensors with Python-float scalars: each scalar is rounded to float32
+    (kr, kb), kg = MATRICES["bt709"], 0.7152
+    e = rgb.astype(f) / f(255)
+    r, g, b = e[..., 0], e[..., 1], e[..., 2]
+    y = f(kr) * r + f(kg) * g + f(kb) * b
+    cb = f(0.5) * (b - y) / f(1 - kb) + f(0.5)
+    cr = f(0.5) * (r - y) / f(1 - kr) + f(0.5)
+    return tuple((np.clip(p, 0, 1) * np.float32(255)).astype(np.uint8) for p in (y, cb, cr))
+
+
+def compressai_planes_to_rgb(planes: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    """uint8 4:4:4 planes -> uint8 (H, W, 3) RGB as ``compressai.utils.bench`` reads VTM's
+    output: planes/255 in float32, ``ycbcr2rgb`` (R = Y + (2 - 2 Kr)(Cr - 0.5),
+    B = Y + (2 - 2 Kb)(Cb - 0.5), G = (Y - Kr R - Kb B) / Kg), clipped to [0, 1], times
+    255 and truncated."""
+    f = np.float32
+    (kr, kb), kg = MATRICES["bt709"], 0.7152
+    y, cb, cr = (p.astype(f) / f(255) for p in planes)
+    if not (y.shape == cb.shape == cr.shape):
+        raise ValueError(f"CompressAI's convention is 4:4:4: planes {y.shape}, {cb.shape}, {cr.shape}")
+    r = y + f(2 - 2 * kr) * (cr - f(0.5))
+    b = y + f(2 - 2 * kb) * (cb - f(0.5))
+    g = (y - f(kr) * r - f(kb) * b) / f(kg)
+    return (np.clip(np.stack([r, g, b], axis=-1), 0, 1) * f(255.0)).astype(np.uint8)

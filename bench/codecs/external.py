@@ -2,10 +2,12 @@
 subprocesses, and the adapters built on it (libavif's avifenc/avifdec and libjxl's
 cjxl/djxl from Debian packages; VTM and BPG join them).
 
-A subclass names its programs in ``programs`` (role -> default executable) and
-implements ``encode_args``/``decode_args``. The executable for a role is found,
-in order, from the card/constructor parameter ``<role>`` (a path), the
-environment variable ``BENCH_<EXECUTABLE>`` (e.g. ``BENCH_AVIFENC``), then PATH.
+A subclass names its programs in ``programs`` (role -> default executable; other
+names the same program goes by in ``program_alternatives``) and implements
+``encode_args``/``decode_args``. The executable for a role is found, in order,
+from the card/constructor parameter ``<role>`` (a path), the environment variable
+``BENCH_<EXECUTABLE>`` (e.g. ``BENCH_AVIFENC``; ``bench run --program
+avifenc=PATH`` sets it for one run), then PATH (each name in turn).
 Each program's path, version string and sha256 go into provenance.
 
 Files are exchanged through a private temporary directory (removed on success
@@ -48,12 +50,15 @@ class SubprocessCodec(Codec):
     """Codec adapter around external programs (see module docstring)."""
 
     programs: ClassVar[dict[str, str]] = {}  # role -> default executable name
-    version_args: ClassVar[tuple[str, ...]] = ("--version",)
+    program_alternatives: ClassVar[dict[str, tuple[str, ...]]] = {}  # role -> other names tried on PATH
+    version_args: ClassVar[tuple[str, ...] | dict[str, tuple[str, ...]]] = ("--version",)  # or role -> args
     install_hint: ClassVar[str] = ""
     input_suffix: ClassVar[str] = ".png"
     bitstream_suffix: ClassVar[str] = ".bin"
     output_suffix: ClassVar[str] = ".png"
     timeout_s: ClassVar[float] = 600.0
+    # text in the decoder's stdout/stderr that means it met a damaged stream even though it exited 0
+    decoder_damage_markers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, device: str = "cpu", **params: Any) -> None:
         paths = {role: params.pop(role, None) for role in self.programs}
@@ -79,7 +84,7 @@ class SubprocessCodec(Codec):
                 return str(Path(candidate).resolve())
             raise CodecError(f"{cls.name}: {role} program {candidate!r} (from {'card' if explicit else var}) "
                              "is not an executable file")
-        found = shutil.which(exe)
+        found = next(filter(None, map(shutil.which, (exe, *cls.program_alternatives.get(role, ())))), None)
         if not found:
             raise CodecError(f"{cls.name}: program {exe!r} not found on PATH. {cls.install_hint} "
                              f"or set {var}=/path/to/{exe}".strip())
@@ -131,7 +136,8 @@ class SubprocessCodec(Codec):
     def write_input(self, rgb: np.ndarray, path: Path) -> None:
         Image.fromarray(rgb, "RGB").save(path, compress_level=1)
 
-    def read_output(self, path: Path) -> np.ndarray:
+    def read_output(self, path: Path, data: bytes) -> np.ndarray:
+        """The decoder's output file -> uint8 (H, W, 3); ``data`` is the bitstream it decoded."""
         with Image.open(path) as img:
             return np.asarray(img.convert("RGB"))
 
@@ -160,12 +166,15 @@ class SubprocessCodec(Codec):
             src, dst = Path(tmp, "in" + self.bitstream_suffix), Path(tmp, "out" + self.output_suffix)
             src.write_bytes(data)
             args = self.decode_args(str(src), str(dst))
-            self.run("decoder", args, tmp)
+            proc = self.run("decoder", args, tmp)
             cmd = [self.paths["decoder"], *args]
+            said = (proc.stdout or b"") + b"\n" + (proc.stderr or b"")
+            if any(m.encode() in said for m in self.decoder_damage_markers):
+                raise CodecError(self.failure("decoder", cmd, "reported a damaged bitstream (exit 0)", said))
             if not dst.is_file():
                 raise CodecError(self.failure("decoder", cmd, f"wrote no image {dst.name} (exit 0)", None))
             try:
-                return self.read_output(dst)
+                return self.read_output(dst, data)
             except CodecError:
                 raise
             except Exception as exc:  # garbage instead of an image
@@ -176,8 +185,14 @@ class SubprocessCodec(Codec):
     def provenance(self) -> dict[str, Any]:
         out = {}
         for role, path in self.paths.items():
-            out[role] = {"path": path, "sha256": sha256_file_cached(path), "version": program_version(path, self.version_args)}
+            out[role] = {"path": path, "sha256": sha256_file_cached(path), "version": program_version(path, self.version_args_for(role))}
         return out
+
+    @classmethod
+    def version_args_for(cls, role: str) -> tuple[str, ...]:
+        """Arguments that make the ``role`` program print its version first."""
+        args = cls.version_args
+        return tuple(args[role] if isinstance(args, dict) else args)
 
     def fingerprint(self, point: Any = None) -> dict[str, Any]:
         """Each program's sha256 and version string (not its path: a moved, identical
