@@ -46,6 +46,15 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _set_programs(items: Optional[list[str]]) -> None:
+    from bench.codecs.external import set_program_paths
+
+    try:
+        set_program_paths(items or [])
+    except ValueError as exc:
+        _fail(str(exc))
+
+
 @app.command("run")
 def run_cmd(
     experiment: Optional[Path] = typer.Argument(None, help="Experiment YAML (keys as the options below; options "
@@ -76,10 +85,15 @@ def run_cmd(
     batch: Optional[int] = typer.Option(None, help="Units of one image scored together, one forward per metric "
                                         "(useful on GPU); a killed run loses at most one batch.", show_default="1"),
     plot: bool = typer.Option(True, help="Write rate–metric plots when done."),
+    program: Optional[list[str]] = typer.Option(None, "--program", help="NAME=PATH: run this executable as program "
+                                                "NAME, e.g. EncoderAppStatic=/opt/vtm/bin/EncoderAppStatic "
+                                                "(repeatable; same as setting BENCH_<NAME>).",
+                                                show_default="card param, BENCH_<NAME>, then PATH"),
 ) -> None:
     """Run (or resume) an experiment and print a per-point summary."""
     from bench.runner import Experiment, ExperimentError, run
 
+    _set_programs(program)
     overrides = dict(dataset=dataset, data_dir=data_dir, codecs=_split(codec),
                      points=[_point(p) for p in _split(points)] if points else None, metrics=_split(metrics),
                      seeds=[int(s) for s in _split(seeds)] if seeds else None, out=out, workers=workers,
@@ -216,8 +230,8 @@ def _availability_table(title: str, columns: list[str], rows: list[list[str]]) -
     console.print(table)
 
 
-def _status(entry) -> str:
-    ok, why = entry.available()
+def _status(entry, **params) -> str:
+    ok, why = entry.available(**params)
     return "[green]yes[/]" if ok else f"[red]no[/]: {why}"
 
 
@@ -228,7 +242,7 @@ def codecs_list():
     for name, card in sorted(cards.cards("codec").items()):
         try:
             entry = registry.get("codec", card.target)
-            status = _status(entry)
+            status = _status(entry, **(card.get("params") or {}))
         except KeyError as exc:
             status = f"[red]no[/]: {exc}"
         pts = ", ".join(map(str, card.get("points") or []))
@@ -253,6 +267,10 @@ def codecs_check(
     dtype: str = typer.Option("float32", help="Learned codecs' compute dtype."),
     timeout: float = typer.Option(10.0, help="Seconds a decoder may take on corrupt bytes, plus 5x its time on the "
                                   "intact bytes."),
+    program: Optional[list[str]] = typer.Option(None, "--program", help="NAME=PATH: run this executable as program "
+                                                "NAME, e.g. EncoderAppStatic=/opt/vtm/bin/EncoderAppStatic "
+                                                "(repeatable; same as setting BENCH_<NAME>).",
+                                                show_default="card param, BENCH_<NAME>, then PATH"),
 ):
     """Check that a codec adapter and its card keep bench's contract; exits 1 on any failure."""
     import json
@@ -261,6 +279,7 @@ def codecs_check(
 
     from bench.codecs.check import parse_size, run_checks
 
+    _set_programs(program)
     try:
         size_list = [parse_size(s) for s in _split(sizes) or []]
     except ValueError as exc:

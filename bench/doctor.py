@@ -256,7 +256,7 @@ def _codec_need(facts: dict, name: str) -> tuple[bool, str]:
         ok, why = _weights_need(facts, _card_weight_ids(card))
         (have if ok else problems).append(why)
     else:
-        ok, why = cls.available() if hasattr(cls, "available") else (True, "")
+        ok, why = cls.available(**(card.get("params") or {})) if hasattr(cls, "available") else (True, "")
         (have if ok else problems).append(why or "available")
     return (not problems), "; ".join(problems or have)
 

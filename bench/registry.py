@@ -42,12 +42,14 @@ class Entry:
     source: str = "builtin"  # "builtin" or the distribution that provided it
     meta: dict = field(default_factory=dict)
 
-    def available(self) -> tuple[bool, str]:
-        check: Callable[[], tuple[bool, str]] | None = getattr(self.obj, "available", None)
+    def available(self, **params: Any) -> tuple[bool, str]:
+        """Whether the object runs here; ``params`` (a codec card's params, e.g. program paths)
+        are passed on when given."""
+        check: Callable[..., tuple[bool, str]] | None = getattr(self.obj, "available", None)
         if check is None:
             return True, ""
         try:
-            return check()
+            return check(**params) if params else check()
         except Exception as exc:  # an availability probe must never crash a listing
             return False, f"availability check failed: {exc}"
 

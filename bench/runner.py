@@ -168,7 +168,7 @@ def plan_codecs(exp: Experiment) -> list[CodecPlan]:
         spec = item if isinstance(item, dict) else {"name": str(item)}
         card = resolve_card("codec", spec["name"])
         adapter = registry.get("codec", card.target).obj
-        ok, why = adapter.available()
+        ok, why = adapter.available(**(card.get("params") or {}))
         if not ok:
             raise ExperimentError(f"codec {card.name!r} (adapter {card.target}) is not available here: {why}")
         points = spec.get("points") or exp.points or card.get("points") or list(adapter.default_points)

@@ -72,8 +72,8 @@ class Codec(ABC):
         return "none"
 
     @classmethod
-    def available(cls) -> tuple[bool, str]:
-        """``(True, "")`` if usable here, else ``(False, reason and remedy)``."""
+    def available(cls, **params: Any) -> tuple[bool, str]:
+        """``(True, "")`` if usable here with the card's ``params``, else ``(False, reason and remedy)``."""
         return True, ""
 
     @abstractmethod

@@ -374,7 +374,7 @@ class _Checker:
             return False
         self.cls = entry.obj
         self.r.adapter = f"{self.cls.__module__}.{self.cls.__qualname__} ({entry.source})"
-        ok, why = entry.available()
+        ok, why = entry.available(**(self.card.get("params") or {}))
         if not ok:
             self.r.add("adapter", "fail", f"{self.card.target} is not available here: {why}")
             return False

@@ -153,7 +153,7 @@ class PillowWebP(Codec):
         self.method = int(method)
 
     @classmethod
-    def available(cls):
+    def available(cls, **params):
         return (True, "") if features.check("webp") else (False, "this Pillow build has no WebP support")
 
     def encode(self, rgb, point, seed=0):
@@ -182,7 +182,7 @@ class PillowAVIF(Codec):
         self.speed = int(speed)
 
     @classmethod
-    def available(cls):
+    def available(cls, **params):
         if features.check("avif"):
             return True, ""
         return False, "this Pillow build has no AVIF support: install Pillow >= 11.2 wheels from PyPI"
@@ -213,7 +213,7 @@ class ImagecodecsJXL(Codec):
         self.effort = int(effort)
 
     @classmethod
-    def available(cls):
+    def available(cls, **params):
         try:
             import imagecodecs
         except ImportError:

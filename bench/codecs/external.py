@@ -46,6 +46,22 @@ from bench.registry import register
 def env_var_for(executable: str) -> str:
     return "BENCH_" + "".join(c if c.isalnum() else "_" for c in executable).upper()
 
+
+def set_program_paths(items: list[str]) -> dict[str, str]:
+    """Apply ``--program NAME=PATH`` options: set ``BENCH_<NAME>`` for this process and the
+    workers it starts. ValueError for a malformed item or a path that is not an executable."""
+    applied = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--program takes NAME=PATH (e.g. EncoderAppStatic=/opt/vtm/bin/EncoderAppStatic), "
+                             f"got {item!r}")
+        if not (Path(path).is_file() and os.access(path, os.X_OK)):
+            raise ValueError(f"--program {name}: {path} is not an executable file")
+        os.environ[env_var_for(name)] = applied[name] = str(Path(path).resolve())
+    return applied
+
+
 class SubprocessCodec(Codec):
     """Codec adapter around external programs (see module docstring)."""
 
@@ -77,24 +93,26 @@ class SubprocessCodec(Codec):
     @classmethod
     def find(cls, role: str, explicit: str | None = None) -> str:
         exe = cls.programs[role]
-        var = env_var_for(exe)
+        names = (exe, *cls.program_alternatives.get(role, ()))
+        var = next((env_var_for(n) for n in names if os.environ.get(env_var_for(n))), env_var_for(exe))
         candidate = explicit or os.environ.get(var)
         if candidate:
             if Path(candidate).is_file() and os.access(candidate, os.X_OK):
                 return str(Path(candidate).resolve())
             raise CodecError(f"{cls.name}: {role} program {candidate!r} (from {'card' if explicit else var}) "
                              "is not an executable file")
-        found = next(filter(None, map(shutil.which, (exe, *cls.program_alternatives.get(role, ())))), None)
+        found = next(filter(None, map(shutil.which, names)), None)
         if not found:
             raise CodecError(f"{cls.name}: program {exe!r} not found on PATH. {cls.install_hint} "
                              f"or set {var}=/path/to/{exe}".strip())
         return found
 
     @classmethod
-    def available(cls) -> tuple[bool, str]:
+    def available(cls, **params: Any) -> tuple[bool, str]:
+        """Every program found (a path among ``params`` wins, as in the constructor)."""
         try:
             for role in cls.programs:
-                cls.find(role)
+                cls.find(role, params.get(role))
         except CodecError as exc:
             return False, str(exc)
         return True, ""
@@ -185,7 +203,8 @@ class SubprocessCodec(Codec):
     def provenance(self) -> dict[str, Any]:
         out = {}
         for role, path in self.paths.items():
-            out[role] = {"path": path, "sha256": sha256_file_cached(path), "version": program_version(path, self.version_args_for(role))}
+            out[role] = {"path": path, "sha256": sha256_file_cached(path),
+                         "version": program_version(path, self.version_args_for(role))}
         return out
 
     @classmethod

@@ -25,10 +25,14 @@ Contracts
 """
 from __future__ import annotations
 
+import struct
+import uuid
 from dataclasses import dataclass
 
 HEVC_SPS = 33  # nal_unit_type of an H.265 SPS (Table 7-1)
 VVC_SPS = 15  # nal_unit_type of an H.266 SPS (Table 5)
+PREFIX_SEI = {"hevc": 39, "vvc": 23}  # nal_unit_type of a prefix SEI
+SIZE_SEI_UUID = uuid.uuid5(uuid.NAMESPACE_URL, "https://bench/picture-size").bytes
 SUB_WH = {0: (1, 1), 1: (2, 2), 2: (2, 1), 3: (1, 1)}  # chroma_format_idc -> (SubWidthC, SubHeightC)
 
 
@@ -173,18 +177,66 @@ def vvc_sps(unit: bytes) -> Picture:
 
 def sps_picture(data: bytes, standard: str) -> Picture:
     """Picture size of the first SPS in Annex-B ``data``; ``standard`` "hevc" or "vvc"."""
-    if standard == "hevc":
-        kind, parse = (lambda u: (u[0] >> 1) & 0x3F), hevc_sps
-        sps_type = HEVC_SPS
-    elif standard == "vvc":
-        kind, parse = (lambda u: u[1] >> 3), vvc_sps
-        sps_type = VVC_SPS
-    else:
+    if standard not in PREFIX_SEI:
         raise ValueError(f"standard must be 'hevc' or 'vvc', got {standard!r}")
+    sps_type, parse = (HEVC_SPS, hevc_sps) if standard == "hevc" else (VVC_SPS, vvc_sps)
     units = [u for u in nal_units(data) if len(u) > 2]
     if not units:
         raise BitstreamError(f"no {standard.upper()} NAL units (no Annex-B start code) in {len(data)} bytes")
     for unit in units:
-        if kind(unit) == sps_type:
+        if _nal_type(unit, standard) == sps_type:
             return parse(unit)
     raise BitstreamError(f"no {standard.upper()} sequence parameter set among {len(units)} NAL units")
+
+
+def _nal_type(unit: bytes, standard: str) -> int:
+    return (unit[0] >> 1) & 0x3F if standard == "hevc" else unit[1] >> 3
+
+
+def _nal_header(nal_type: int, standard: str) -> bytes:
+    """Two-byte NAL header, layer 0, TemporalId 0."""
+    return bytes([nal_type << 1, 1]) if standard == "hevc" else bytes([0, (nal_type << 3) | 1])
+
+
+def escape(payload: bytes) -> bytes:
+    """Insert emulation-prevention bytes (``00 00 0x`` with x <= 3 -> ``00 00 03 0x``)."""
+    out = bytearray()
+    zeros = 0
+    for b in payload:
+        if zeros >= 2 and b <= 3:
+            out.append(3)
+            zeros = 0
+        out.append(b)
+        zeros = zeros + 1 if b == 0 else 0
+    return bytes(out)
+
+
+def size_sei(width: int, height: int, standard: str) -> bytes:
+    """Annex-B prefix-SEI NAL unit (user data unregistered, H.265 D.2.7 / H.274 8.7) carrying
+    bench's true picture size (a fixed UUID + two u32 BE). Decoders ignore it."""
+    body = SIZE_SEI_UUID + struct.pack(">II", width, height)
+    sei = bytes([5, len(body)]) + body + b"\x80"  # payloadType 5, payloadSize, payload, rbsp_trailing_bits
+    return b"\x00\x00\x00\x01" + _nal_header(PREFIX_SEI[standard], standard) + escape(sei)
+
+
+def read_size_sei(data: bytes, standard: str) -> tuple[int, int] | None:
+    """(width, height) from bench's size SEI in ``data``, or None if it has none."""
+    for unit in nal_units(data):
+        if len(unit) > 2 and _nal_type(unit, standard) == PREFIX_SEI[standard]:
+            sei = rbsp(unit[2:])
+            if len(sei) >= 26 and sei[0] == 5 and sei[1] == 24 and sei[2:18] == SIZE_SEI_UUID:
+                return struct.unpack(">II", sei[18:26])
+    return None
+
+
+def insert_before_first_slice(data: bytes, unit: bytes, standard: str) -> bytes:
+    """``data`` with the Annex-B ``unit`` inserted before its first VCL NAL unit
+    (H.265 types 0..31, H.266 types 0..11)."""
+    vcl_below = 32 if standard == "hevc" else 12
+    i = data.find(b"\x00\x00\x01")
+    while i >= 0:
+        if i + 4 < len(data) and _nal_type(data[i + 3:i + 5], standard) < vcl_below:
+            start = i - 1 if i > 0 and data[i - 1] == 0 else i
+            return data[:start] + unit + data[start:]
+        i = data.find(b"\x00\x00\x01", i + 3)
+    raise BitstreamError("no slice NAL unit in the stream")

@@ -203,7 +203,7 @@ class TorchCodec(Codec):
         return "random" if self.init == "random" else "pretrained"
 
     @classmethod
-    def available(cls) -> tuple[bool, str]:
+    def available(cls, **params: Any) -> tuple[bool, str]:
         missing = [d for d in ("torch", *cls.libraries) if library_version(d) is None]
         if missing:
             return False, f"needs the Python packages {', '.join(missing)} (pip install {' '.join(missing)})"

@@ -15,6 +15,11 @@ The stored bytes are exactly the encoder's output file (Annex-B stream). The
 decoder writes a header-less ``.yuv``; its size is read from the stream's SPS
 (:mod:`bench.codecs.nal`), and every encode checks that this read gives back the
 input's size, so a misread can never pass silently.
+
+Sizes the standard or encoder cannot code (below ``min_side``, or odd for 4:2:0,
+where the conformance window counts in 2-sample units) are padded by edge
+replication; their true size travels in a user-data-unregistered SEI NAL unit
+that decoders ignore (a few dozen bytes, counted in the rate) and is cropped back.
 """
 from __future__ import annotations
 
@@ -26,7 +31,8 @@ import numpy as np
 from bench.codecs import colour
 from bench.codecs.base import CodecError
 from bench.codecs.external import SubprocessCodec
-from bench.codecs.nal import BitstreamError, Picture, sps_picture
+from bench.codecs.nal import (BitstreamError, Picture, insert_before_first_slice, read_size_sei, size_sei,
+                              sps_picture)
 
 CONVERSIONS = ("standard", "compressai-bench")
 
@@ -35,6 +41,7 @@ class YuvProgramCodec(SubprocessCodec):
     """External programs reading/writing planar YUV; see the module docstring."""
 
     standard: ClassVar[str] = "hevc"  # how the picture size is read back: "hevc" or "vvc"
+    min_side: ClassVar[int] = 1  # smaller sides are padded (see module docstring)
     input_suffix = ".yuv"
     output_suffix = ".yuv"
 
@@ -54,6 +61,7 @@ class YuvProgramCodec(SubprocessCodec):
         self.conversion, self.matrix, self.range = conversion, matrix, range
         self.bits, self.chroma = int(bits), str(chroma)
         self.frame: tuple[int, int] | None = None  # (width, height) of the YUV file written last
+        self.true_size: tuple[int, int] | None = None  # (width, height) of the image before padding
 
     # -- RGB <-> YUV ----------------------------------------------------------
     def to_planes(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -67,8 +75,14 @@ class YuvProgramCodec(SubprocessCodec):
         return colour.planes_to_rgb(planes, self.matrix, self.range, self.bits)
 
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
-        """The RGB picture handed to the encoder (subclasses may pad it)."""
-        return rgb
+        """The RGB picture handed to the encoder: edge-padded to ``min_side`` and, for
+        4:2:0, to even sizes."""
+        h, w = rgb.shape[:2]
+        self.true_size = (w, h)
+        ph, pw = max(h, self.min_side), max(w, self.min_side)
+        if self.chroma == "420":
+            ph, pw = ph + ph % 2, pw + pw % 2
+        return np.pad(rgb, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge") if (ph, pw) != (h, w) else rgb
 
     def write_input(self, rgb: np.ndarray, path: Path) -> None:
         rgb = self.prepare(rgb)
@@ -89,8 +103,15 @@ class YuvProgramCodec(SubprocessCodec):
         return pic.width, pic.height
 
     def finish(self, rgb: np.ndarray, data: bytes) -> np.ndarray:
-        """Decoded RGB of the YUV frame -> the image returned (subclasses may crop)."""
-        return rgb
+        """Decoded RGB of the YUV frame -> the image returned (cropped to the size SEI's, if any)."""
+        size = read_size_sei(data, self.standard)
+        if size is None:
+            return rgb
+        w, h = size
+        if not (0 < w <= rgb.shape[1] and 0 < h <= rgb.shape[0]):
+            raise CodecError(f"{self.name}: size SEI {w}x{h} does not fit the decoded {rgb.shape[1]}x{rgb.shape[0]} "
+                             "picture")
+        return rgb[:h, :w]
 
     def read_output(self, path: Path, data: bytes) -> np.ndarray:
         width, height = self.output_size(data)
@@ -99,6 +120,10 @@ class YuvProgramCodec(SubprocessCodec):
         except ValueError as exc:
             raise CodecError(f"{self.name}: decoder output does not match the bitstream's picture: {exc}") from None
         return self.finish(self.from_planes(planes), data)
+
+    def decode(self, data: bytes, seed: int = 0) -> np.ndarray:
+        self.output_size(data)  # foreign or headless bytes: a clear error before the decoder runs
+        return super().decode(data, seed)
 
     def encode(self, rgb: np.ndarray, point: Any, seed: int = 0) -> bytes:
         data = super().encode(rgb, point, seed)
@@ -109,4 +134,9 @@ class YuvProgramCodec(SubprocessCodec):
                              "encoder disagree (please report it with the encoder's version)")
         if self.picture(data).chroma != self.chroma:
             raise CodecError(f"{self.name}: the stream is {self.picture(data).chroma}, the card asks for {self.chroma}")
+        if self.true_size != self.frame:
+            try:
+                data = insert_before_first_slice(data, size_sei(*self.true_size, self.standard), self.standard)
+            except BitstreamError as exc:
+                raise CodecError(f"{self.name}: {exc}") from None
         return data
