@@ -244,11 +244,17 @@ def _codec_need(facts: dict, name: str) -> tuple[bool, str]:
     problems, have = [], []
     if isinstance(cls, type) and issubclass(cls, SubprocessCodec):
         params = card.get("params") or {}
-        for role, exe in cls.programs.items():
+        ok, why = cls.available(**params)  # the adapter's own rule (e.g. VTM's build_dir and config file)
+        if not ok:
+            problems.append(why)
+        for role in cls.programs:
             try:
                 have.append(cls.find(role, params.get(role)))
             except CodecError as exc:
-                problems.append(str(exc))
+                if ok:  # found another way (build_dir)
+                    have.append(f"{role} found through the card's params")
+                elif str(exc) not in why:
+                    problems.append(str(exc))
     elif isinstance(cls, type) and issubclass(cls, TorchCodec):
         libs = [d for d in ("torch", *cls.libraries) if _version(d) is None]
         if libs:

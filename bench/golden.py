@@ -1,6 +1,7 @@
 """Golden tables for CI regression on metric curves.
 
-The golden experiment is JPEG (4:2:0) and WebP at qualities 10, 50, 90 on the
+The golden experiment is JPEG (4:2:0) and WebP at qualities 10, 50, 90 and HEVC intra
+(the ``hevc-x265`` card: Debian's x265 and libde265) at BPG qualities 42, 32, 22 on the
 24 Kodak images with the nine non-learned full-reference metrics. MAD costs
 ~20 s per 768×512 pair on CPU, so it is computed on ``MAD_IMAGES`` only.
 
@@ -26,8 +27,8 @@ from pathlib import Path
 from bench.runner import Experiment, run
 
 GOLDEN_DIR = Path(__file__).resolve().parent.parent / "results" / "golden"
-CODECS = ["jpeg", "webp"]
-POINTS = [10, 50, 90]
+CODEC_POINTS = {"jpeg": [10, 50, 90], "webp": [10, 50, 90], "hevc-x265": [42, 32, 22]}
+CODECS = list(CODEC_POINTS)
 METRICS = ["psnr", "ssim", "ms_ssim", "cw_ssim", "fsim", "gmsd", "nlpd", "vsi"]
 MAD_IMAGES = ["kodim01", "kodim12", "kodim19", "kodim23"]
 TOLERANCE = {"rel": 1e-4, "abs": 1e-6}
@@ -41,8 +42,8 @@ def compute(data_dir: str, out: str, images: list[str] | None = None, workers: i
     from bench.store import read_table
 
     limit_ids = set(images) if images else None
-    exp = Experiment(dataset="kodak", data_dir=data_dir, codecs=codecs or CODECS, points=POINTS, metrics=METRICS,
-                     out=out, workers=workers)
+    specs = [{"name": c, "points": CODEC_POINTS[c]} for c in codecs or CODECS]
+    exp = Experiment(dataset="kodak", data_dir=data_dir, codecs=specs, metrics=METRICS, out=out, workers=workers)
     import pandas as pd
 
     _run_on(exp, limit_ids)

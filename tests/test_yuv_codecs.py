@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import struct
 import sys
 import textwrap
 
@@ -391,3 +390,43 @@ def test_hevc_x265_runs_end_to_end_with_rate_from_the_stored_stream(kodak_dir, t
     again = run(Experiment(dataset="kodak", data_dir=str(kodak_dir), codecs=["hevc-x265"], points=[42],
                            metrics=["psnr"], out=str(tmp_path), limit=2))
     assert again.units_skipped == 2 and again.units_coded == 0
+
+
+# ----------------------------------------------------------------------------- hevc-x265 on BPG's published curve
+HEVC_POINTS = [42, 32, 22]
+# Measured on the 24 Kodak images (x265 3.5, libde265 1.0.11; notes of
+# results/reference/kodak/compressai-bpg.yaml): PSNR at equal bpp within +0.040 dB (q22),
+# +0.015 (q32), -0.013 (q42) of the published curve; bpp at equal q 3.9-4.8 % below it.
+# The bounds keep a margin; a wrong colour matrix or range, 4:2:0, another preset or the
+# BPG quality used as x265's QP (no +1) each move one of them by more.
+PSNR_AT_EQUAL_BPP_DB = 0.1
+BPP_AT_EQUAL_Q_REL = 0.06
+
+
+def _psnr_on_reference_curve(ref, bpp):
+    """The published PSNR at ``bpp``: linear in log(bpp) between neighbouring published points."""
+    pts = sorted((r["bpp"], r["psnr"]) for r in ref.rows.values())
+    for (b0, p0), (b1, p1) in zip(pts, pts[1:]):
+        if b0 <= bpp <= b1:
+            t = np.log(bpp / b0) / np.log(b1 / b0)
+            return p0 + t * (p1 - p0)
+    raise AssertionError(f"{bpp} bpp is outside the published curve")
+
+
+@needs_x265
+def test_hevc_x265_sits_on_compressais_bpg_curve(kodak_dir, tmp_path):
+    from bench import reference
+    from bench.runner import Experiment, run
+    from bench.store import read_table
+
+    res = run(Experiment(dataset="kodak", data_dir=str(kodak_dir), codecs=["hevc-x265"], points=HEVC_POINTS,
+                         metrics=["psnr"], out=str(tmp_path), workers=2))
+    assert res.units_coded == 24 * len(HEVC_POINTS) and res.units_failed == 0
+    ref = reference.load("compressai-bpg")
+    per_set = read_table(tmp_path, "per_set")
+    for q in HEVC_POINTS:
+        row = per_set[(per_set.point.astype(str) == str(q)) & (per_set.metric == "psnr")].iloc[0]
+        assert row.n_images == 24
+        theirs = ref.rows[str(q)]
+        assert abs(row.mean_bpp / theirs["bpp"] - 1) <= BPP_AT_EQUAL_Q_REL, (q, row.mean_bpp, theirs["bpp"])
+        assert abs(row.value - _psnr_on_reference_curve(ref, row.mean_bpp)) <= PSNR_AT_EQUAL_BPP_DB, (q, row.value)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 
 from bench.codecs.base import CodecError
 from bench.codecs.yuv_program import YuvProgramCodec
