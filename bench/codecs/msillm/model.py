@@ -72,7 +72,7 @@ class Config:
 
 
 FULL = Config()
-TINY = Config(latent_features=6, hyper_features=4, residual_blocks=2, channels=(2, 3, 4, 4, 8))
+TINY = Config(latent_features=6, hyper_features=4, residual_blocks=9, channels=(2, 3, 4, 4, 8))
 CONFIGS = {"full": FULL, "tiny": TINY}
 
 
