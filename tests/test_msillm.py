@@ -234,6 +234,19 @@ def test_batched_decode_equals_one_by_one():
     assert out[1].shape == (65, 97, 3)
 
 
+def test_bfloat16_on_cpu_and_bytes_across_dtypes():
+    """Encoder, hyper-analysis and decoder may run in bfloat16; the entropy parameters stay
+    float32, so bytes written in one dtype decode in the other."""
+    rgb = _img(30, 50)
+    bf = _tiny(dtype="bfloat16")
+    data = bf.encode(rgb, 4)
+    assert bf.fingerprint(4)["dtype"] == "bfloat16" and bf.fingerprint(4) != _tiny().fingerprint(4)
+    assert _tiny().decode(data).shape == _tiny(dtype="bfloat16").decode(data).shape == (30, 50, 3)
+    assert _tiny(dtype="bfloat16").decode(_tiny().encode(rgb, 4)).shape == (30, 50, 3)
+    with pytest.raises(CodecError, match="float16 needs a CUDA device"):
+        MSILLMCodec(init="random", dtype="float16")
+
+
 def test_bad_bytes_are_codec_errors_with_clear_messages():
     enc = _tiny()
     data = enc.encode(_img(20, 20), 1)

@@ -32,6 +32,8 @@ import pickle
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from bench.codecs.base import CodecError
 from bench.codecs.container import Container, ContainerError, Section
 from bench.codecs.torch_base import TorchCodec
@@ -119,8 +121,6 @@ class MSILLMCodec(TorchCodec):
         """uint8 (H, W, 3) -> (1, 3, Hp, Wp) float32 in [0, 1], reflect-padded at the bottom/right."""
         import torch
         import torch.nn.functional as F
-
-        import numpy as np
 
         x = torch.from_numpy(np.array(rgb, dtype=np.uint8, copy=True)).to(self.device)
         x = x.permute(2, 0, 1).unsqueeze(0).to(torch.float32).div_(255.0)
