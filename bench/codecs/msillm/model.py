@@ -38,7 +38,7 @@ key list with shapes and sources is ``release_keys.txt`` beside this file):
   ``CompressionModel``, whose ``load_state_dict`` resizes the CDF buffers to the file's.
 * The release pins compressai 1.2.4 (``projects/illm/requirements.txt``), whose
   EntropyBottleneck names its parameters ``_matrix{i}``, ``_bias{i}``, ``_factor{i}``;
-  compressai >= 1.2.6 names them ``matrices.{i}``, ``biases.{i}``, ``factors.{i}`` and its
+  compressai >= 1.2.7 names them ``matrices.{i}``, ``biases.{i}``, ``factors.{i}`` and its
   ``CompressionModel.load_state_dict`` renames the old keys (``remap_old_keys``). So the
   release files load here strictly, and :func:`release_state_dict` gives a state dict
   under the release's names.
@@ -200,7 +200,7 @@ class MSILLM(CompressionModel):
         return self.latent_bottleneck.decompress([y_string], self.latent_bottleneck.build_indexes(scales), means=means)
 
 
-# compressai >= 1.2.6 name -> the release's (compressai 1.2.4) name of the EntropyBottleneck parameters
+# compressai >= 1.2.7 name -> the release's (compressai 1.2.4) name of the EntropyBottleneck parameters
 _NEW_TO_RELEASE = {"matrices.": "_matrix", "biases.": "_bias", "factors.": "_factor"}
 
 
