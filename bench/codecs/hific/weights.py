@@ -5,8 +5,9 @@ the three models ``hific-lo``, ``hific-mi``, ``hific-hi`` are serialized TensorF
 MetaGraphDefs at ``https://storage.googleapis.com/tensorflow_compression/metagraphs/
 <model>.metagraph``; the code and the released models are Apache-2.0 (TFC repository).
 TFC publishes no digest for them (tfci.py downloads them unchecked), so the entries
-carry none (``verified_by == "none"`` in :mod:`bench.weights`): a file of that name is
-accepted, and its actual sha256 is recorded in provenance and in every result key.
+carry none (``verified_by == "unverified"`` in :mod:`bench.weights`): a file of that name
+is accepted, ``bench weights fetch/import`` print its sha256, and the actual sha256 is
+recorded in provenance and in every result key.
 Put the full sha256 here once a trusted copy has been hashed. They live in bench's
 own cache (dest ``bench``), from where the adapter hands them to its runner by path.
 """
