@@ -117,11 +117,11 @@ def test_command_lines_use_the_env_python_the_runner_and_the_cached_metagraph(fa
         weights.path(f"hific-{p}").write_bytes(p.encode())
     enc = codec.encode_args("in.png", "out.tfci", "mi")
     assert enc == [str(hific_env.RUNNER), "encode", "in.png", "out.tfci", "--model", "hific-mi",
-                   "--metagraph", str(cache / "bench" / "hific-mi.metagraph")]
+                   "--metagraph", str(cache / "bench" / "hific-mi.metagraph"), "--device", "cpu"]
     dec = codec.decode_args("in.tfci", "out.png")
-    assert dec[:4] == [str(hific_env.RUNNER), "decode", "in.tfci", "out.png"]
+    assert dec[:6] == [str(hific_env.RUNNER), "decode", "in.tfci", "out.png", "--device", "cpu"]
     # the decoder does not know the point: it offers every model and the bitstream picks one
-    assert dec[4:] == [a for p in POINTS for a in ("--metagraph", f"hific-{p}={cache / 'bench' / f'hific-{p}.metagraph'}")]
+    assert dec[6:] == [a for p in POINTS for a in ("--metagraph", f"hific-{p}={cache / 'bench' / f'hific-{p}.metagraph'}")]
     with pytest.raises(CodecError, match="valid points: lo, mi, hi"):
         codec.encode_args("in.png", "out.tfci", 3)
     assert codec.required_weights() == ["hific-lo", "hific-mi", "hific-hi"]
@@ -150,6 +150,8 @@ def test_fingerprint_covers_env_runner_and_that_points_metagraph(fake, cache):
     assert fp["env"]["tensorflow"] == "2.14.1" and fp["env"]["tensorflow_compression"] == "2.14.1"
     assert fp["runner_sha256"] == weights.sha256_file(hific_env.RUNNER)
     assert fp["metagraph"] == {"file": "hific-lo.metagraph", "sha256": weights.sha256_file(mg)}
+    assert fp["tf_device"] == "cpu" and HiFiC(device="cuda:0").fingerprint("lo")["tf_device"] == "gpu"
+    assert HiFiC(device="cuda").encode_args("a", "b", "lo")[-2:] == ["--device", "gpu"]
     assert codec.fingerprint("mi")["metagraph"] == {"file": "hific-mi.metagraph", "sha256": None}
     os.utime(mg, ns=(1, 1))  # a new file (other mtime for the hash cache) with other bytes
     mg.write_bytes(b"model two")

@@ -10,8 +10,9 @@ from bench's weight cache (:mod:`bench.weights`, ids ``hific-lo`` ...); it downl
 nothing.
 
 Fingerprint of a point: the env's lock sha256 and its Python/TensorFlow/TFC/numpy
-versions (from the env's marker), the runner's sha256, and the sha256 of that
-point's metagraph file.
+versions (from the env's marker), the runner's sha256, the sha256 of that point's
+metagraph file, and the TensorFlow device kind (``cpu`` unless the run's device is
+``cuda``: the runner then lets TensorFlow use a GPU if its build can).
 """
 from __future__ import annotations
 
@@ -85,14 +86,18 @@ class HiFiC(SubprocessCodec):
         key = self.point_key(point)
         weights.require([weight_id(key)])
         return [str(hific_env.RUNNER), "encode", src, dst, "--model", model_name(key),
-                "--metagraph", str(weights.path(weight_id(key)))]
+                "--metagraph", str(weights.path(weight_id(key))), "--device", self.tf_device]
 
     def decode_args(self, src: str, dst: str) -> list[str]:
         # the bitstream names its model; the runner picks that file (and says which is missing)
-        args = [str(hific_env.RUNNER), "decode", src, dst]
+        args = [str(hific_env.RUNNER), "decode", src, dst, "--device", self.tf_device]
         for p in POINTS:
             args += ["--metagraph", f"{model_name(p)}={weights.path(weight_id(p))}"]
         return args
+
+    @property
+    def tf_device(self) -> str:
+        return "gpu" if str(self.device).startswith("cuda") else "cpu"
 
     # -- what produced the bytes ---------------------------------------------------------
     def env_info(self) -> dict[str, Any]:
@@ -101,12 +106,13 @@ class HiFiC(SubprocessCodec):
         return {k: info.get(k) for k in keep}
 
     def provenance(self) -> dict[str, Any]:
-        return {"python": self.paths["encoder"], "env": self.env_info(),
+        return {"python": self.paths["encoder"], "env": self.env_info(), "tf_device": self.tf_device,
                 "runner_sha256": sha256_file_cached(hific_env.RUNNER),
                 "weights": weights.provenance(self.required_weights())}
 
     def fingerprint(self, point: Any = None) -> dict[str, Any]:
-        fp: dict[str, Any] = {"env": self.env_info(), "runner_sha256": sha256_file_cached(hific_env.RUNNER)}
+        fp: dict[str, Any] = {"env": self.env_info(), "runner_sha256": sha256_file_cached(hific_env.RUNNER),
+                              "tf_device": self.tf_device}
         try:
             wid = weight_id(self.point_key(point))
         except CodecError:

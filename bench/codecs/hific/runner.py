@@ -1,8 +1,8 @@
 """HiFiC runner: executed by the isolated TensorFlow env's python, never imported by bench.
 
     python runner.py version
-    python runner.py encode IN.png OUT.tfci --model hific-lo --metagraph FILE
-    python runner.py decode IN.tfci OUT.png --metagraph hific-lo=FILE [--metagraph hific-mi=FILE ...]
+    python runner.py encode IN.png OUT.tfci --model hific-lo --metagraph FILE [--device cpu|gpu]
+    python runner.py decode IN.tfci OUT.png --metagraph hific-lo=FILE [--metagraph hific-mi=FILE ...] [--device cpu|gpu]
 
 Contract (the way TFC's ``models/tfci.py`` runs its released models):
 - a model is a serialized ``tf.compat.v1.MetaGraphDef`` read from FILE (nothing is
@@ -16,6 +16,9 @@ Contract (the way TFC's ``models/tfci.py`` runs its released models):
   from them and picks that model's FILE from the ``--metagraph NAME=FILE`` list;
 - PNG in and out through TensorFlow (decode_image with 3 channels; the output is
   rounded and saturated to uint8).
+- ``--device cpu`` (default) hides every GPU from TensorFlow, so encoder and decoder
+  compute the entropy model's parameters on the same kind of device; ``gpu`` lets
+  TensorFlow place ops as it likes (only with a CUDA build of TensorFlow).
 Errors go to stderr with a non-zero exit status.
 """
 import argparse
@@ -103,11 +106,17 @@ def main(argv=None):
     enc.add_argument("dst")
     enc.add_argument("--model", required=True, help="model name written into the bitstream")
     enc.add_argument("--metagraph", required=True, help="the model's .metagraph file")
+    enc.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     dec = sub.add_parser("decode")
     dec.add_argument("src")
     dec.add_argument("dst")
     dec.add_argument("--metagraph", action="append", default=[], metavar="NAME=FILE")
+    dec.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     args = parser.parse_args(argv)
+    if getattr(args, "device", "gpu") == "cpu":
+        import tensorflow as tf
+
+        tf.config.set_visible_devices([], "GPU")
     if args.command == "version":
         print(json.dumps(versions(), sort_keys=True))
     elif args.command == "encode":
