@@ -39,6 +39,7 @@ class HiFiC(SubprocessCodec):
     default_points = POINTS
     programs: ClassVar[dict[str, str]] = {"encoder": "python", "decoder": "python"}
     bitstream_suffix = ".tfci"
+    install_hint = f"Create its TensorFlow env with `{hific_env.SETUP_COMMAND}`"
     description = "HiFiC GAN codec, TFC's released hific-lo/mi/hi metagraphs in an isolated TensorFlow 2.14 env"
 
     def __init__(self, device: str = "cpu", init: str = "pretrained", **params: Any) -> None:
