@@ -318,6 +318,24 @@ def codecs_check(
         raise typer.Exit(1)
 
 
+@codecs_app.command("setup")
+def codecs_setup(
+    family: str = typer.Argument(..., help="Codec family whose separate environment to create: hific."),
+    force: bool = typer.Option(False, help="Rebuild even if a complete environment exists."),
+    python: Optional[str] = typer.Option(None, help="CPython 3.9-3.11 to build it from.",
+                                         show_default="this Python if it fits, else python3.11/3.10/3.9"),
+):
+    """Create (or reuse) the isolated environment a codec family runs in (HiFiC: TensorFlow 2.14, ~1.9 GB)."""
+    if family != "hific":
+        _fail(f"no separate environment for {family!r}; families with one: hific")
+    from bench.codecs.hific.env import EnvError, ensure_env
+
+    try:
+        ensure_env(force=force, python=python, log=lambda m: console.print(m, highlight=False, soft_wrap=True))
+    except EnvError as exc:
+        _fail(str(exc))
+
+
 @codecs_app.command("new")
 def codecs_new(
     name: str = typer.Argument(..., help="Codec name (lower case, digits, dashes): card, adapter and entry point."),

@@ -47,7 +47,6 @@ PACKAGES: tuple[tuple[str, str, str, str], ...] = (
     ("clean-fid", "cleanfid", "fid, kid (and patch variants)", "pip install clean-fid"),
     ("lpips", "lpips", "LPIPS linear-layer weights (bench weights import)", "pip install lpips"),
     ("pycocotools", "pycocotools", "COCO label maps (miou on coco datasets)", "pip install pycocotools"),
-    ("tensorflow-compression", "tensorflow_compression", "HiFiC (planned)", "pip install tensorflow-compression"),
 )
 MMCV_OPS_TIMEOUT_S = 60.0
 
@@ -86,8 +85,9 @@ def programs() -> list[dict[str, Any]]:
                 else:
                     row.update(found=True, path=path, version=program_version(path, cls.version_args_for(role)),
                                sha256=sha256_file_cached(path))
-            row["adapters"].append(name)
-            row["cards"] += [c for c, card in sorted(codec_cards.items()) if card.target == name]
+            if name not in row["adapters"]:  # one adapter may run the same program in two roles
+                row["adapters"].append(name)
+                row["cards"] += [c for c, card in sorted(codec_cards.items()) if card.target == name]
     return list(rows.values())
 
 
@@ -129,6 +129,13 @@ def packages() -> list[dict[str, Any]]:
                  "install": None if ops["ok"] else f"{ops['why']} (checked by {ops['how']}); needs mmcv built "
                                                    "from source (see README: mIoU segmenter)",
                  "check": ops["how"]})
+    from bench.codecs.hific import env as hific_env  # a separate venv: TensorFlow must not enter bench's
+
+    info, why = hific_env.state()
+    rows.append({"package": "HiFiC TensorFlow env", "module": str(hific_env.env_dir()), "used_by": "hific",
+                 "version": f"tensorflow {info['tensorflow']}, tensorflow-compression "
+                            f"{info['tensorflow_compression']}" if info else None,
+                 "install": None if info else why})
     return rows
 
 
@@ -226,9 +233,14 @@ def _card_weight_ids(card) -> list[str]:
     from bench.runner import build_codec
 
     cls = registry.get("codec", card.target).obj
-    if not (isinstance(cls, type) and issubclass(cls, TorchCodec)):
-        return []
-    return build_codec(card).required_weights(card.get("points") or None)
+    if isinstance(cls, type) and issubclass(cls, TorchCodec):
+        return build_codec(card).required_weights(card.get("points") or None)
+    if getattr(cls, "required_weights", None) is not None:  # e.g. hific's metagraphs
+        try:
+            return build_codec(card).required_weights(card.get("points") or None)
+        except Exception:  # noqa: BLE001 - an adapter that cannot be built here: its availability says why
+            return []
+    return []
 
 
 def _codec_need(facts: dict, name: str) -> tuple[bool, str]:
@@ -264,6 +276,11 @@ def _codec_need(facts: dict, name: str) -> tuple[bool, str]:
     else:
         ok, why = cls.available(**(card.get("params") or {})) if hasattr(cls, "available") else (True, "")
         (have if ok else problems).append(why or "available")
+    if not (isinstance(cls, type) and issubclass(cls, TorchCodec)):
+        ids = _card_weight_ids(card)  # weight files of other adapters (hific's metagraphs)
+        if ids:
+            ok, why = _weights_need(facts, ids)
+            (have if ok else problems).append(why)
     return (not problems), "; ".join(problems or have)
 
 

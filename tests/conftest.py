@@ -12,7 +12,11 @@ allowed-skip marker whose resource is really missing here:
 * ``needs_weights("id", ...)``: pretrained files that cannot be downloaded here
   (with ids, the test is skipped automatically while ``bench.weights.path(id)``
   is absent; bare, the test skips itself and the skip is allowed);
-* ``needs_mmcv``: mmcv's compiled ops (a ~22-min source build).
+* ``needs_mmcv``: mmcv's compiled ops (a ~22-min source build);
+* ``needs_user_build("card", ...)``: codec cards whose programs no package provides
+  (VTM, libbpg: users build them); skipped while the card's adapter is not available
+  here. Only adapters in ``USER_BUILT`` may use it: a card whose programs a Debian
+  package provides (x265, avifenc, ...) must run on CI.
 
 A marked test is skipped automatically when its resource is missing, so it
 needs no ``skipif`` of its own. A module skipped at collection (e.g. an
@@ -86,7 +90,8 @@ def cache(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------- CI skip policy
-ALLOWED_SKIP_MARKERS = ("needs_gpu", "needs_weights", "needs_mmcv")
+ALLOWED_SKIP_MARKERS = ("needs_gpu", "needs_weights", "needs_mmcv", "needs_user_build")
+USER_BUILT = {"vtm": "VTM (EncoderApp/DecoderApp)", "bpg": "libbpg (bpgenc/bpgdec)"}  # adapter -> what to build
 
 
 def on_ci() -> bool:
@@ -118,6 +123,18 @@ def _missing(name: str, args: tuple = ()) -> str | None:
         if absent:
             return (f"pretrained weight files {', '.join(absent)} are not here and cannot be downloaded here "
                     f"(bench weights fetch {' '.join(absent)})")
+        return None
+    if name == "needs_user_build":
+        from bench import cards, registry
+
+        for card_name in args:
+            card = cards.get("codec", card_name)
+            if card.target not in USER_BUILT:
+                raise ValueError(f"needs_user_build({card_name!r}): adapter {card.target} runs packaged programs; "
+                                 "its tests must run (install them in .ci/run)")
+            ok, why = registry.get("codec", card.target).available(**(card.get("params") or {}))
+            if not ok:
+                return f"{USER_BUILT[card.target]} is not packaged anywhere and not built here: {why}"
         return None
     raise ValueError(f"not an allowed-skip marker: {name}")
 

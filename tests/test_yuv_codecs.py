@@ -430,3 +430,12 @@ def test_hevc_x265_sits_on_compressais_bpg_curve(kodak_dir, tmp_path):
         theirs = ref.rows[str(q)]
         assert abs(row.mean_bpp / theirs["bpp"] - 1) <= BPP_AT_EQUAL_Q_REL, (q, row.mean_bpp, theirs["bpp"])
         assert abs(row.value - _psnr_on_reference_curve(ref, row.mean_bpp)) <= PSNR_AT_EQUAL_BPP_DB, (q, row.value)
+
+
+def test_only_user_built_programs_may_skip_on_ci():
+    from conftest import _missing
+
+    with pytest.raises(ValueError, match="runs packaged programs; its tests must run"):
+        _missing("needs_user_build", ("hevc-x265",))
+    why = _missing("needs_user_build", ("vtm",))
+    assert why is None or "not packaged anywhere" in why
