@@ -89,6 +89,21 @@ def cache(tmp_path, monkeypatch):
     return tmp_path
 
 
+def assert_light_imports(tmp_path, adapter: str, points: tuple) -> None:
+    """Listing codecs and weights and computing fingerprints and provenance of ``adapter``
+    ("module:Class") imports neither torch nor compressai (checked in a fresh process)."""
+    import subprocess
+
+    module, cls = adapter.split(":")
+    code = ("import sys; from bench import registry, weights; registry.entries('codec'); weights.table(); "
+            f"from {module} import {cls} as C; C().fingerprint({points[0]!r}); "
+            f"C(init='random').fingerprint({points[-1]!r}); C().provenance(); "
+            "print([m for m in ('torch', 'compressai') if m in sys.modules])")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "TORCH_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
 # ---------------------------------------------------------------------------- CI skip policy
 ALLOWED_SKIP_MARKERS = ("needs_gpu", "needs_weights", "needs_mmcv", "needs_user_build")
 USER_BUILT = {"vtm": "VTM (EncoderApp/DecoderApp)", "bpg": "libbpg (bpgenc/bpgdec)"}  # adapter -> what to build

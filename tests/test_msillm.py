@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import pickle
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -30,6 +28,7 @@ from bench.codecs.msillm import weights as msillm_weights
 from bench.codecs.msillm.adapter import FACTOR, MSILLMCodec, release_bits
 from bench.codecs.torch_base import WeightsMissing
 from bench.runner import build_codec
+from conftest import assert_light_imports
 
 REPO = Path(__file__).resolve().parent.parent
 KEYS_FILE = REPO / "bench" / "codecs" / "msillm" / "release_keys.txt"
@@ -108,13 +107,7 @@ def test_weights_list_shows_unverified_entries(cache):
 
 def test_light_imports(tmp_path):
     """Listing codecs and weights and fingerprints import neither torch nor compressai."""
-    code = ("import sys; from bench import registry, weights; registry.entries('codec'); weights.table(); "
-            "from bench.codecs.msillm.adapter import MSILLMCodec as M; M().fingerprint(3); "
-            "M(init='random').fingerprint('vlo1'); M().provenance(); "
-            "print([m for m in ('torch', 'compressai') if m in sys.modules])")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TORCH_HOME": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert out.stdout.strip() == "[]", out.stderr
+    assert_light_imports(tmp_path, "bench.codecs.msillm.adapter:MSILLMCodec", (3, "vlo1"))
 
 
 # ---------------------------------------------------------------------------- the network

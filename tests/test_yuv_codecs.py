@@ -89,13 +89,17 @@ def test_compressai_convention_matches_compressai_functions(kodim01):
 
 
 # ----------------------------------------------------------------------------- fake VTM
-FAKE_VTM_ENC = r'''
+# every fake program appends its argument list to the log file, one JSON line per call
+ARGV_LOG = r'''
 import json, os, sys
 sys.path.insert(0, {tests!r})
-from stream_builders import escape_payload, vvc_sps_unit
 args = sys.argv[1:]
 with open({log!r}, "a") as f:
     f.write(json.dumps(args) + "\n")
+'''
+
+FAKE_VTM_ENC = ARGV_LOG + r'''
+from stream_builders import escape_payload, vvc_sps_unit
 opt = dict(zip(args[0::2], args[1::2]))
 flags = dict(a.split("=", 1) for a in args if a.startswith("--"))
 w, h = int(opt["-wdt"]), int(opt["-hgt"])
@@ -112,13 +116,8 @@ payload = bytes([bits]) + len(yuv).to_bytes(4, "big") + yuv
 open(opt["-b"], "wb").write(sps + b"\x00\x00\x01" + bytes([0, (8 << 3) | 1]) + escape_payload(payload))
 '''
 
-FAKE_VTM_DEC = r'''
-import json, sys
-sys.path.insert(0, {tests!r})
+FAKE_VTM_DEC = ARGV_LOG + r'''
 from bench.codecs.nal import nal_units, rbsp
-args = sys.argv[1:]
-with open({log!r}, "a") as f:
-    f.write(json.dumps(args) + "\n")
 opt = dict(zip(args[0::2], args[1::2]))
 data = open(opt["-b"], "rb").read()
 payload = rbsp(nal_units(data)[-1][2:])[:-1]  # drop the 0x80 that ends the NAL unit
@@ -271,27 +270,18 @@ def test_bpg_header_parse_and_breakdown():
             parse_header(bad)
 
 
-FAKE_BPGENC = r'''
-import json, sys
-args = sys.argv[1:]
-with open({log!r}, "a") as f:
-    f.write(json.dumps(args) + "\n")
+FAKE_BPGENC = ARGV_LOG + r'''
 if "-h" in args:
     print("BPG Image Encoder version 0.9.8 (fake)"); sys.exit(1)
 opt = dict(zip(args[0:-1:2], args[1:-1:2]))
 png = open(args[-1], "rb").read()
-sys.path.insert(0, {tests!r})
 from stream_builders import bpg_file
 from PIL import Image
 w, h = Image.open(args[-1]).size
 open(opt["-o"], "wb").write(bpg_file(w, h, hevc_data=png))
 '''
 
-FAKE_BPGDEC = r'''
-import json, sys
-args = sys.argv[1:]
-with open({log!r}, "a") as f:
-    f.write(json.dumps(args) + "\n")
+FAKE_BPGDEC = ARGV_LOG + r'''
 sys.path.insert(0, {root!r})
 from bench.codecs.bpg import parse_header
 data = open(args[-1], "rb").read()

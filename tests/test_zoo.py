@@ -4,9 +4,6 @@
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +12,12 @@ import yaml
 
 from bench import cards, registry, weights
 from bench.codecs.base import CodecError
-from bench.codecs.container import bits_breakdown, unpack
+from bench.codecs.container import unpack
 from bench.codecs.torch_base import WeightsMissing
 from bench.codecs.zoo import weights as zoo_weights
 from bench.codecs.zoo.adapter import ARCHS, CompressAIZoo
 from bench.runner import build_codec
+from conftest import assert_light_imports
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -75,13 +73,7 @@ def test_weight_table_is_the_official_one_and_in_the_registry():
 
 def test_light_imports(tmp_path):
     """Listing codecs and weights and computing fingerprints import neither torch nor compressai."""
-    code = ("import sys; from bench import registry, weights; registry.entries('codec'); weights.table(); "
-            "from bench.codecs.zoo.adapter import CompressAIZoo as Z; Z().fingerprint(3); "
-            "Z(init='random').fingerprint(3); Z().provenance(); "
-            "print([m for m in ('torch', 'compressai') if m in sys.modules])")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TORCH_HOME": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert out.stdout.strip() == "[]", out.stderr
+    assert_light_imports(tmp_path, "bench.codecs.zoo.adapter:CompressAIZoo", (3, 3))
 
 
 # ---------------------------------------------------------------------------- random weights, real bytes
