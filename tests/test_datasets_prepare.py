@@ -24,6 +24,7 @@ from bench import cards
 from bench.cards import Card
 from bench.cli import app
 from bench.data import prepare as prep
+from bench.data.coco import LABEL_SPACE
 from bench.data.download import Archive, DownloadError, download
 from bench.data.images import ImageError, pixel_sha256
 from bench.data.loaders import DatasetError, open_dataset
@@ -241,7 +242,7 @@ def test_coco2017_val512_label_maps_stuff_and_things(tmp_path):
     assert loader.provides == {"captions", "label_map"}
     s = samples["000000000139"]
     assert s.captions == ["a room"] and s.rgb.shape == (512, 512, 3)
-    assert set(s.label_maps) == {prep.THINGS_SPACE, prep.STUFF_SPACE}
+    assert set(s.label_maps) == {prep.THINGS_SPACE, prep.STUFF_SPACE} and prep.THINGS_SPACE == LABEL_SPACE
     things, stuff_map = s.label_map, s.label_maps[prep.STUFF_SPACE]
     assert things.shape == stuff_map.shape == (512, 512)
     assert set(np.unique(things)) == {0, 62}  # the chair polygon, resized by NEAREST

@@ -68,7 +68,7 @@ JOURNAL = ".prepare/done.jsonl"
 FILTERS = {"nearest": Image.Resampling.NEAREST, "box": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR,
            "hamming": Image.Resampling.HAMMING, "bicubic": Image.Resampling.BICUBIC,
            "lanczos": Image.Resampling.LANCZOS}
-THINGS_SPACE = "coco-things-catid"  # = bench.data.coco.LABEL_SPACE
+THINGS_SPACE = "coco-things-catid"  # = bench.data.coco.LABEL_SPACE (asserted there is no drift in the tests)
 STUFF_SPACE = "cocostuff164k-trainid"
 
 # COCO-Stuff 164k: stuffthingmaps PNGs hold (category id - 1); 255 = unlabeled. The 171 ids in use
@@ -383,11 +383,10 @@ def plan(card: Card, sources: dict[str, Source]) -> Plan:
         p = Plan(jobs)
         if spec.get("captions"):
             cap = index if spec["captions"] == spec["index"] else _member_json(sources, spec["captions"])
-            by_coco: dict[int, list[tuple[int, str]]] = {}
-            for a in cap.get("annotations", []):
-                by_coco.setdefault(int(a["image_id"]), []).append((int(a.get("id", 0)), str(a["caption"]).strip()))
+            from bench.data.coco import captions_by_image
+
             wanted = {j.coco_id: j.id for j in jobs}
-            p.captions = {wanted[c]: [t for _, t in sorted(v)] for c, v in by_coco.items() if c in wanted}
+            p.captions = {wanted[c]: v for c, v in captions_by_image(cap).items() if c in wanted}
         if spec.get("instances"):
             inst = _member_json(sources, spec["instances"])
             wanted_ids = {j.coco_id for j in jobs}
@@ -577,4 +576,6 @@ def prepare(card: Card, data_dir: str | Path | None = None, from_paths: Iterable
     os.replace(tmp, out_dir / MANIFEST)
     if complete:
         journal.unlink(missing_ok=True)
+    for stray in out_dir.glob("**/*.png.tmp"):  # left by a run killed mid-write
+        stray.unlink(missing_ok=True)
     return Result(out_dir, digest, len(entries), written, reused, complete, problems)

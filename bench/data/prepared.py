@@ -58,7 +58,13 @@ class PreparedLoader(Loader):
         """(state, text): state is ``prepared``, ``partial``, ``differs`` or ``missing``."""
         m = self.manifest()
         if not m:
-            return "missing", f"not prepared in {self.data_dir}: `bench datasets prepare {self.card.name}`"
+            from bench.data.prepare import card_archives
+
+            archives = card_archives(self.card)
+            known = sum(a.size or 0 for a in archives)
+            size = f"{len(archives)} archive(s), {known / 1e9:.1f} GB" + ("" if all(a.size for a in archives) else "+")
+            return "missing", (f"not prepared in {self.data_dir}: `bench datasets prepare {self.card.name}` "
+                               f"(downloads {size}; or --from DIR with them)")
         digest = manifest_digest(m)
         want = self.card.get("manifest_sha256")
         text = f"{m['count']} images in {self.data_dir}, manifest {digest[:12]}…"
