@@ -433,6 +433,8 @@ def datasets_prepare(
             _fail(str(exc), 1)
     for p in res.problems:
         err.print(f"[yellow]problem:[/] {p}", highlight=False, soft_wrap=True)
+    for n in res.notes:
+        console.print(f"note: {n}", highlight=False, soft_wrap=True)
     want = card.get("manifest_sha256")
     verdict = ("matches the card" if want == res.manifest_sha256 else
                f"DIFFERS from the card's {want}" if want else "the card records none yet: record it to share the set")

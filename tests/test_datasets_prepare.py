@@ -264,6 +264,8 @@ def test_coco2017_cdc_size_rule_and_384(tmp_path):
     card = card_for("coco2017-cdc", {z.name: z, info.name: info}, tmp_path)  # expects 2695
     res = prep.prepare(card, tmp_path / "out", [tmp_path], fetch=False)
     assert not res.complete and res.count == 2 and "2695" in " ".join(res.problems)
+    assert res.notes == ["of 4 images: 2 have width > 512 and height > 512; 3 have both >= ; 4 have more than "
+                         "512x512 pixels"]
     loader = open_dataset(card, tmp_path / "out")
     assert loader.status()[0] == "partial"
     assert sorted(it.id for it in loader.items()) == ["000000000001", "000000000003"]
@@ -459,3 +461,31 @@ def test_cli_prepare_list_and_run(tmp_path, monkeypatch):
     psnr = rows[rows["metric"] == "psnr"]
     assert sorted(psnr["image_id"]) == ["0801", "0802"] and (psnr["value"] > 20).all()
     assert (psnr["dataset"] == "div2k").all()
+
+
+PAPER_COUNTS = {"coco30k": 30000, "coco2017-cdc": 2695, "tecnick": 100, "div2k": 100, "artbench-surrealism": 1800,
+                "coco2017-val512": 5000, "clic2020": 428, "clic2020-valid": 102, "kodak": 24}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_COUNTS))
+def test_cards_state_sources_digests_and_counts(name):
+    card = cards.get("dataset", name)
+    spec = card.get("prepare")
+    assert spec["expect"]["count"] == PAPER_COUNTS[name]
+    for a in prep.card_archives(card):
+        assert a.url and a.url.startswith(("http://", "https://")), a
+        assert a.sha256 is None or (len(a.sha256) == 64 and int(a.sha256, 16) >= 0), a
+        if a.sha256:
+            assert a.size and any(a.file in str(e) for e in spec["archives"])
+    for op in card.get("transform") or []:
+        assert op["op"] in ("resize", "resize_shorter", "center_crop") and op.get("filter", "bicubic") in prep.FILTERS
+    for key in ("source", "license", "protocol"):
+        assert card.get(key), f"{name}: no {key}"
+    assert "manifest_sha256" in card.body  # recorded, or null with the reason beside it
+
+
+def test_glob_matching_nothing_names_the_archive(tmp_path):
+    z = write_zip(tmp_path / "testimages.zip", {"other/x.png": png_bytes(image(8, 8, 1)), "__MACOSX/._x.png": b"junk"})
+    card = card_for("tecnick", {"testimages.zip": z}, tmp_path)
+    with pytest.raises(DatasetError, match=r"no file in .*testimages.zip matches .*RGB_R02_0600x0600.*other/x.png"):
+        prep.prepare(card, tmp_path / "out", [z], fetch=False)

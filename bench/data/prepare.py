@@ -283,8 +283,8 @@ def resolve_sources(card: Card, data_dir: Path, from_paths: Iterable[Path], fetc
             else:
                 found[a.file] = DirSource(path.parent)
             continue
-        folder = next((p for p in from_paths if p.is_dir()), None)
-        if folder is not None and kind != "files" and _folder_has(card, a, folder):
+        folder = next((p for p in from_paths if p.is_dir() and kind != "files" and _folder_has(card, a, p)), None)
+        if folder is not None:
             found[a.file] = DirSource(folder)
             continue
         missing.append(a)
@@ -329,6 +329,11 @@ def _folder_has(card: Card, archive: Archive, folder: Path) -> bool:
     return False
 
 
+def _junk(name: str) -> bool:
+    """macOS resource forks and metadata that some re-zipped copies carry."""
+    return "__MACOSX/" in name or Path(name).name.startswith("._")
+
+
 def _as_list(value: Any) -> list[dict]:
     return [] if not value else list(value) if isinstance(value, list) else [value]
 
@@ -351,7 +356,12 @@ def plan(card: Card, sources: dict[str, Source]) -> Plan:
         by_id: dict[str, tuple[Source, str]] = {}
         for s in _as_list(spec["images"]):
             src = sources[s["archive"]]
-            for n in sorted(n for n in src.names() if fnmatch.fnmatch(n, s["glob"])):
+            names = src.names()
+            matched = sorted(n for n in names if fnmatch.fnmatch(n, s["glob"]) and not _junk(n))
+            if not matched:
+                raise DatasetError(f"dataset {card.name!r}: no file in {src.where} matches {s['glob']!r} (it holds "
+                                   f"e.g. {', '.join(sorted(names)[:5]) or 'nothing'}): a different archive or layout")
+            for n in matched:
                 i = str(s.get("id_prefix", "")) + Path(n).stem
                 if i in by_id:
                     raise DatasetError(f"dataset {card.name!r}: two source files give image id {i!r}: "
@@ -367,6 +377,13 @@ def plan(card: Card, sources: dict[str, Source]) -> Plan:
         recs = {Path(im["file_name"]).stem: im for im in index["images"]}
         sizes = {i: (int(r["width"]), int(r["height"])) for i, r in recs.items()}
         keep = select(list(recs), spec.get("select"), sizes)
+        notes = []
+        rule = spec.get("select") or {}
+        if rule.get("rule") == "min_size_gt":  # the paper's wording admits readings: count each, for the record
+            W, H = int(rule["width"]), int(rule["height"])
+            notes.append(f"of {len(sizes)} images: {len(keep)} have width > {W} and height > {H}; "
+                         f"{sum(w >= W and h >= H for w, h in sizes.values())} have both >= ; "
+                         f"{sum(w * h > W * H for w, h in sizes.values())} have more than {W}x{H} pixels")
         img = spec["images"]
         src = sources[img["archive"]]
         prefix = img.get("dir", "").rstrip("/")
@@ -380,7 +397,7 @@ def plan(card: Card, sources: dict[str, Source]) -> Plan:
                 sdir = stuff.get("dir", "").rstrip("/")
                 st = (sources[stuff["archive"]], f"{sdir}/{i}.png" if sdir else f"{i}.png")
             jobs.append(Job(i, src, name, st, int(r["id"]), sizes[i]))
-        p = Plan(jobs)
+        p = Plan(jobs, notes=notes)
         if spec.get("captions"):
             cap = index if spec["captions"] == spec["index"] else _member_json(sources, spec["captions"])
             from bench.data.coco import captions_by_image
@@ -409,6 +426,7 @@ class Result:
     reused: int
     complete: bool
     problems: list[str]
+    notes: list[str] = field(default_factory=list)
 
 
 def manifest_digest(manifest: dict) -> str:
@@ -570,6 +588,8 @@ def prepare(card: Card, data_dir: str | Path | None = None, from_paths: Iterable
         manifest["captions_sha256"] = sha256_bytes(blob)
     if problems:
         manifest["problems"] = problems
+    if p.notes:
+        manifest["notes"] = p.notes
     manifest["manifest_sha256"] = digest = manifest_digest(manifest)
     tmp = out_dir / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1))
@@ -578,4 +598,4 @@ def prepare(card: Card, data_dir: str | Path | None = None, from_paths: Iterable
         journal.unlink(missing_ok=True)
     for stray in out_dir.glob("**/*.png.tmp"):  # left by a run killed mid-write
         stray.unlink(missing_ok=True)
-    return Result(out_dir, digest, len(entries), written, reused, complete, problems)
+    return Result(out_dir, digest, len(entries), written, reused, complete, problems, p.notes)
