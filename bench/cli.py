@@ -410,6 +410,8 @@ def datasets_prepare(
                                                "their extracted contents (repeatable). Nothing is downloaded for these."),
     data_dir: Optional[str] = typer.Option(None, help="Where to write the prepared set [default: the card's]."),
     download: bool = typer.Option(True, help="Download archives not found locally (resumable, sha256-checked)."),
+    ids: Optional[Path] = typer.Option(None, help="Use this id list instead of the card's selection rule: one file "
+                                       "stem or COCO image id per line (e.g. a published COCO 30k list)."),
 ):
     """Download (or take --from) the official archives, apply the card's protocol, write the prepared folder and
     its manifest (per-image pixel sha256), and print the manifest's sha256. Re-running resumes."""
@@ -418,6 +420,12 @@ def datasets_prepare(
     from bench.runner import resolve_card
 
     card = resolve_card("dataset", name)
+    if ids is not None:
+        from bench.data.prepare import with_ids
+
+        lines = [ln.split(",")[0].strip() for ln in ids.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        card = with_ids(card, lines, str(ids))
+        console.print(f"selection: {len(lines)} ids from {ids} (not the card's rule)", highlight=False)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=err, transient=True) as bar:
         tasks: dict[str, int] = {}

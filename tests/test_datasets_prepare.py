@@ -208,8 +208,16 @@ def test_coco30k_selection_captions_and_256(tmp_path):
         with Image.open(io.BytesIO(jpeg_bytes(imgs[sid + ".jpg"]))) as im:
             decoded = np.asarray(im.convert("RGB"))
         assert np.array_equal(s.rgb, torchvision_like(decoded, 256, 256))
-    if "COCO_val2014_000000000001" in samples:
-        assert samples["COCO_val2014_000000000001"].captions == ["first", "cap 0"]  # by annotation id
+    listed = prep.prepare(prep.with_ids(card, ["2", "COCO_val2014_000000000005"], "test"), tmp_path / "ids",
+                          [tmp_path], fetch=False)
+    assert listed.complete and listed.count == 2
+    assert [e["id"] for e in prep.read_manifest(tmp_path / "ids")["images"]] == [
+        "COCO_val2014_000000000002", "COCO_val2014_000000000005"]
+    want = {Path(f).stem: [f"cap {k}"] for k, f in enumerate(files)}
+    want["COCO_val2014_000000000001"] = ["first", "cap 0"]  # ordered by annotation id, stripped
+    assert {sid: s.captions for sid, s in samples.items()} == {sid: want[sid] for sid in samples}
+    _, listed_samples = load_all(card, tmp_path / "ids")
+    assert listed_samples["COCO_val2014_000000000002"].captions == ["cap 1"]
 
 
 def stuff_png(h: int, w: int) -> bytes:

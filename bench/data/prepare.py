@@ -200,7 +200,11 @@ def select(ids: list[str], rule: dict | None, sizes: dict[str, tuple[int, int]] 
             raise DatasetError(f"select: {n} images asked for, only {len(ids)} available")
         ranked = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
         return sorted(ranked[:n])
-    raise DatasetError(f"unknown selection rule {kind!r} (all, min_size_gt, random)")
+    if kind == "ids":  # a given list: file stems, or COCO image ids (the number at the end of a stem)
+        wanted = {str(i).strip() for i in rule["ids"] if str(i).strip()}
+        keep = [i for i in ids if i in wanted or i.rsplit("_", 1)[-1].lstrip("0") in {w.lstrip("0") for w in wanted}]
+        return keep
+    raise DatasetError(f"unknown selection rule {kind!r} (all, min_size_gt, random, ids)")
 
 
 # ---------------------------------------------------------------------------- plan
@@ -498,6 +502,17 @@ def _prepare_one(job: Job, ops: list[dict], out_dir: Path, image_rel: str, plan_
     if labels:
         entry["labels"] = labels
     return entry
+
+
+def with_ids(card: Card, ids: list[str], origin: str) -> Card:
+    """``card`` with its selection replaced by a given id list (e.g. a published 30k list):
+    the manifest records the list's sha256 and origin; the expected count becomes its length."""
+    body = json.loads(json.dumps(card.body))
+    body["prepare"]["select"] = {"rule": "ids", "ids": list(ids), "origin": origin,
+                                 "sha256": sha256_bytes("\n".join(ids).encode())}
+    body["prepare"].setdefault("expect", {})["count"] = len(set(ids))
+    body["manifest_sha256"] = None  # another selection: the card's hash does not apply
+    return Card(card.kind, card.name, body, card.path)
 
 
 def prepare(card: Card, data_dir: str | Path | None = None, from_paths: Iterable[str | Path] = (),
