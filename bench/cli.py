@@ -408,7 +408,8 @@ def datasets_prepare(
     name: str = typer.Argument(..., help="Dataset card name or path."),
     from_: Optional[list[Path]] = typer.Option(None, "--from", help="Archives, a folder holding them, or a folder of "
                                                "their extracted contents (repeatable). Nothing is downloaded for these."),
-    data_dir: Optional[str] = typer.Option(None, help="Where to write the prepared set [default: the card's]."),
+    data_dir: Optional[str] = typer.Option(None, help="Where to write the prepared set (default: the card's data "
+                                           "dir: its env variable, $BENCH_DATA/NAME or ~/.cache/bench/datasets/NAME)."),
     download: bool = typer.Option(True, help="Download archives not found locally (resumable, sha256-checked)."),
     ids: Optional[Path] = typer.Option(None, help="Use this id list instead of the card's selection rule: one file "
                                        "stem or COCO image id per line (e.g. a published COCO 30k list)."),
@@ -455,7 +456,7 @@ def datasets_prepare(
 
 @datasets_app.command("check")
 def datasets_check(name: str = typer.Argument(..., help="Dataset card name or path."),
-                   data_dir: Optional[str] = typer.Option(None, help="Folder holding the files [default: the card's]."),
+                   data_dir: Optional[str] = typer.Option(None, help="Folder holding the files (default: the card's data dir)."),
                    verify: bool = typer.Option(True, help="Decode every image and check its pixel sha256.")):
     """Check that a dataset's files are present and (by default) are the right pixels."""
     from bench.data.images import ImageError
