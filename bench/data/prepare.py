@@ -251,6 +251,25 @@ def _find(archive: Archive, from_paths: list[Path], data_dir: Path) -> Path | No
     return cand if cand.is_file() else None
 
 
+def _verify(archive: Archive, path: Path, data_dir: Path) -> None:
+    """Check ``path`` against the card's digest once: the result is remembered in
+    ``.prepare/verified.json`` by (path, size, mtime), so a resumed prepare does not re-hash
+    gigabytes. Raises DatasetError naming the file."""
+    memo_path = data_dir / ".prepare" / "verified.json"
+    memo = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
+    st = path.stat()
+    stamp = [str(path.resolve()), st.st_size, st.st_mtime_ns, archive.sha256]
+    if memo.get(archive.file) == stamp:
+        return
+    try:
+        archive.check(path)
+    except DownloadError as exc:
+        raise DatasetError(str(exc)) from exc
+    memo[archive.file] = stamp
+    memo_path.parent.mkdir(parents=True, exist_ok=True)
+    memo_path.write_text(json.dumps(memo))
+
+
 def how_to_get(card: Card, data_dir: Path, missing: list[Archive], reasons: dict[str, str] | None = None) -> str:
     """The one message for missing sources: each archive, its URL and digest, and where to put it."""
     reasons = reasons or {}
@@ -282,7 +301,7 @@ def resolve_sources(card: Card, data_dir: Path, from_paths: Iterable[Path], fetc
         path = _find(a, from_paths, data_dir)
         if path is not None:
             if kind != "files":  # single image files are verified by their pixel hashes instead
-                a.check(path)
+                _verify(a, path, data_dir)
                 found[a.file] = open_archive(path)
             else:
                 found[a.file] = DirSource(path.parent)
