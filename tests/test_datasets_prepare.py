@@ -132,7 +132,7 @@ def test_div2k_protocol_manifest_and_loader(tmp_path):
 def test_archive_with_wrong_sha256_is_refused(tmp_path):
     z = write_zip(tmp_path / "DIV2K_valid_HR.zip", {"DIV2K_valid_HR/0801.png": png_bytes(image(800, 800, 1))})
     card = cards.get("dataset", "div2k")  # the real digest: this archive is not the official one
-    with pytest.raises(DatasetError, match="DIV2K_valid_HR.zip.*sha256"):
+    with pytest.raises(DatasetError, match="DIV2K_valid_HR.zip.*the card says"):
         prep.prepare(card, tmp_path / "out", [z], fetch=False)
 
 
