@@ -497,3 +497,18 @@ def test_glob_matching_nothing_names_the_archive(tmp_path):
     card = card_for("tecnick", {"testimages.zip": z}, tmp_path)
     with pytest.raises(DatasetError, match=r"no file in .*testimages.zip matches .*RGB_R02_0600x0600.*other/x.png"):
         prep.prepare(card, tmp_path / "out", [z], fetch=False)
+
+
+def test_run_on_prepared_set_reports_a_corrupt_image_and_goes_on(tmp_path, monkeypatch):
+    from bench.runner import Experiment, run
+
+    srcs = {f"DIV2K_valid_HR/{i:04d}.png": png_bytes(image(770, 780, i)) for i in (801, 802, 803)}
+    z = write_zip(tmp_path / "DIV2K_valid_HR.zip", srcs)
+    card = card_for("div2k", {z.name: z}, tmp_path, expect={"count": 3, "size": [768, 768]})
+    out = tmp_path / "prepared"
+    assert prep.prepare(card, out, [z], fetch=False).complete
+    (out / "images" / "0802.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    res = run(Experiment(dataset=card.path, data_dir=str(out), codecs=["jpeg"], points=[50], metrics=["psnr"],
+                         out=str(tmp_path / "run")))
+    assert res.units_failed == 1 and any("0802.png" in p for p in res.problems), res.problems
+    assert res.units_coded == 2
