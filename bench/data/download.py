@@ -91,7 +91,8 @@ def download(archive: Archive, dest: Path, progress: Progress | None = None,
         else:
             raise DownloadError(f"{archive.url}: HTTP {exc.code} {exc.reason}") from exc
     except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-        raise DownloadError(f"{archive.url}: {getattr(exc, 'reason', exc)} (partial file kept: {part})") from exc
+        kept = f" (partial file kept, the next try resumes it: {part})" if part.exists() and part.stat().st_size else ""
+        raise DownloadError(f"{archive.url}: {getattr(exc, 'reason', exc)}{kept}") from exc
     try:
         digest = archive.check(part)
     except DownloadError:
