@@ -472,7 +472,7 @@ def test_cli_prepare_list_and_run(tmp_path, monkeypatch):
 
 
 PAPER_COUNTS = {"coco30k": 30000, "coco2017-cdc": 2695, "tecnick": 100, "div2k": 100, "artbench-surrealism": 1800,
-                "coco2017-val512": 5000, "clic2020": 428, "clic2020-valid": 102, "kodak": 24}
+                "coco2017-val512": 5000, "tecnick-1200": 100, "clic2020": 428, "clic2020-valid": 102, "kodak": 24}
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_COUNTS))
