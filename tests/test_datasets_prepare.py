@@ -26,7 +26,7 @@ from bench.cli import app
 from bench.data import prepare as prep
 from bench.data.coco import LABEL_SPACE
 from bench.data.download import Archive, DownloadError, download
-from bench.data.images import ImageError, pixel_sha256
+from bench.data.images import ImageError
 from bench.data.loaders import DatasetError, open_dataset
 from bench.hashing import sha256_file
 
@@ -108,7 +108,7 @@ def test_div2k_protocol_manifest_and_loader(tmp_path):
     out = tmp_path / "prepared"
     res = prep.prepare(card, out, [z], fetch=False)
     assert res.complete and res.count == 3 and res.written == 3, res.problems
-    loader, samples = load_all(card, out)
+    _, samples = load_all(card, out)
     assert sorted(samples) == ["0801", "0802", "0803"]
     for name, arr in srcs.items():
         s = samples[Path(name).stem]
@@ -272,8 +272,8 @@ def test_coco2017_cdc_size_rule_and_384(tmp_path):
     card = card_for("coco2017-cdc", {z.name: z, info.name: info}, tmp_path)  # expects 2695
     res = prep.prepare(card, tmp_path / "out", [tmp_path], fetch=False)
     assert not res.complete and res.count == 2 and "2695" in " ".join(res.problems)
-    assert res.notes == ["of 4 images: 2 have width > 512 and height > 512; 3 have both >= ; 4 have more than "
-                         "512x512 pixels"]
+    assert res.notes == [("of 4 images: 2 have width > 512 and height > 512; 3 have both >= ; 4 have more than "
+                          "512x512 pixels")]
     loader = open_dataset(card, tmp_path / "out")
     assert loader.status()[0] == "partial"
     assert sorted(it.id for it in loader.items()) == ["000000000001", "000000000003"]
@@ -348,7 +348,7 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
 def server(tmp_path):
     root = tmp_path / "www"
     root.mkdir()
-    handler = lambda *a, **k: RangeHandler(*a, directory=str(root), **k)  # noqa: E731
+    handler = lambda *a, **k: RangeHandler(*a, directory=str(root), **k)
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     RangeHandler.ranges = []
@@ -425,7 +425,7 @@ def test_coco_val2017_subset_real_through_coco_path(coco_mini_dir, tmp_path):
     card = Card("dataset", "coco2017-val512", body)
     res = prep.prepare(card, tmp_path / "out", [root], fetch=False)
     assert res.complete and res.count == 50, res.problems
-    loader, samples = load_all(card, tmp_path / "out")
+    _, samples = load_all(card, tmp_path / "out")
     mini = open_dataset(cards.get("dataset", "coco-mini"), coco_mini_dir)
     for it in mini.items()[:5]:
         ref = mini.load(it)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from bench.hashing import sha256_file_cached
 from bench.weights import FETCH_TIMEOUT_S
@@ -39,7 +39,7 @@ class Archive:
     digest_source: str = ""  # where the digest comes from (e.g. TFDS url_checksums)
 
     @classmethod
-    def from_card(cls, entry: dict) -> "Archive":
+    def from_card(cls, entry: dict) -> Archive:
         return cls(str(entry["file"]), entry.get("url"), entry.get("sha256") or None,
                    int(entry["size"]) if entry.get("size") else None, str(entry.get("digest_source", "")))
 

@@ -50,9 +50,10 @@ import json
 import os
 import tarfile
 import zipfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -483,7 +484,7 @@ def _prepare_one(job: Job, ops: list[dict], out_dir: Path, image_rel: str, plan_
             rgb, notes = to_rgb(im, where)
     except ImageError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any decoder failure names the file
+    except Exception as exc:
         raise ImageError(f"{where}: not a readable image ({exc})") from exc
     src = Image.fromarray(rgb, "RGB")
     orig = src.size

@@ -12,14 +12,19 @@ reads); ``label_maps`` holds every map by label space, e.g. ``coco-things-catid`
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from bench.data.images import ImageError
 from bench.data.loaders import DatasetError, Item, Loader, Sample
-from bench.data.prepare import MANIFEST, STUFF_SPACE, THINGS_SPACE, manifest_digest, read_manifest
+from bench.data.prepare import (
+    MANIFEST,
+    STUFF_SPACE,
+    THINGS_SPACE,
+    manifest_digest,
+    read_manifest,
+)
 from bench.hashing import sha256_bytes
 from bench.registry import register
 
@@ -127,4 +132,4 @@ class PreparedLoader(Loader):
         return sample
 
 
-__all__ = ["PreparedLoader", "STUFF_SPACE", "THINGS_SPACE"]
+__all__ = ["STUFF_SPACE", "THINGS_SPACE", "PreparedLoader"]
