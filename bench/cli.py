@@ -380,24 +380,83 @@ def metrics_list():
 
 @datasets_app.command("list")
 def datasets_list():
-    """Dataset cards, their protocols and whether their files are in their default place."""
+    """Dataset cards, their protocols and whether their files are in their default place (and how to get them)."""
     from bench.data.loaders import open_dataset
 
     rows = []
     for name, card in sorted(cards.cards("dataset").items()):
         try:
             loader = open_dataset(card)
-            loader.check()
-            status = f"[green]yes[/] ({len(loader.items())} images in {loader.data_dir})"
+            if hasattr(loader, "status"):  # prepared sets: prepared / partial / differs / missing
+                state, text = loader.status()
+                colour = {"prepared": "green", "partial": "yellow"}.get(state, "red")
+                status = f"[{colour}]{state}[/]: {text}"
+            else:
+                loader.check()
+                status = f"[green]yes[/] ({len(loader.items())} images in {loader.data_dir})"
         except (OSError, KeyError) as exc:
             status = "[red]no[/]: " + str(exc).splitlines()[0]
-        rows.append([name, card.target, str(card.get("count", "")), card.get("protocol", ""), status])
+            if card.get("prepare"):
+                status += f"; get it: `bench datasets prepare {name}`"
+        rows.append([name, card.target, str(card.get("count") or (card.get("prepare") or {}).get("expect", {}).get("count", "")),
+                     card.get("protocol", ""), status])
     _availability_table("datasets", ["card", "loader", "count", "protocol", "available"], rows)
+
+
+@datasets_app.command("prepare")
+def datasets_prepare(
+    name: str = typer.Argument(..., help="Dataset card name or path."),
+    from_: Optional[list[Path]] = typer.Option(None, "--from", help="Archives, a folder holding them, or a folder of "
+                                               "their extracted contents (repeatable). Nothing is downloaded for these."),
+    data_dir: Optional[str] = typer.Option(None, help="Where to write the prepared set (default: the card's data "
+                                           "dir: its env variable, $BENCH_DATA/NAME or ~/.cache/bench/datasets/NAME)."),
+    download: bool = typer.Option(True, help="Download archives not found locally (resumable, sha256-checked)."),
+    ids: Optional[Path] = typer.Option(None, help="Use this id list instead of the card's selection rule: one file "
+                                       "stem or COCO image id per line (e.g. a published COCO 30k list)."),
+):
+    """Download (or take --from) the official archives, apply the card's protocol, write the prepared folder and
+    its manifest (per-image pixel sha256), and print the manifest's sha256. Re-running resumes."""
+    from bench.data.loaders import DatasetError
+    from bench.data.prepare import prepare
+    from bench.runner import resolve_card
+
+    card = resolve_card("dataset", name)
+    if ids is not None:
+        from bench.data.prepare import with_ids
+
+        lines = [ln.split(",")[0].strip() for ln in ids.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        card = with_ids(card, lines, str(ids))
+        console.print(f"selection: {len(lines)} ids from {ids} (not the card's rule)", highlight=False)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=err, transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: Optional[int]) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        try:
+            res = prepare(card, data_dir, from_ or (), fetch=download, progress=progress)
+        except DatasetError as exc:
+            _fail(str(exc), 1)
+    for p in res.problems:
+        err.print(f"[yellow]problem:[/] {p}", highlight=False, soft_wrap=True)
+    for n in res.notes:
+        console.print(f"note: {n}", highlight=False, soft_wrap=True)
+    want = card.get("manifest_sha256")
+    verdict = ("matches the card" if want == res.manifest_sha256 else
+               f"DIFFERS from the card's {want}" if want else "the card records none yet: record it to share the set")
+    console.print(f"{card.name}: {res.count} images in {res.data_dir} ({res.written} written, {res.reused} reused)"
+                  f"{'' if res.complete else ' [INCOMPLETE]'}", highlight=False)
+    console.print(f"manifest sha256: {res.manifest_sha256} ({verdict})", highlight=False, soft_wrap=True)
+    if not res.complete or (want and want != res.manifest_sha256):
+        raise typer.Exit(1)
 
 
 @datasets_app.command("check")
 def datasets_check(name: str = typer.Argument(..., help="Dataset card name or path."),
-                   data_dir: Optional[str] = typer.Option(None, help="Folder holding the files [default: the card's]."),
+                   data_dir: Optional[str] = typer.Option(None, help="Folder holding the files (default: the card's data dir)."),
                    verify: bool = typer.Option(True, help="Decode every image and check its pixel sha256.")):
     """Check that a dataset's files are present and (by default) are the right pixels."""
     from bench.data.images import ImageError
@@ -419,6 +478,12 @@ def datasets_check(name: str = typer.Argument(..., help="Dataset card name or pa
     for b in bad:
         err.print(f"[red]bad:[/] {b}", highlight=False)
     console.print(f"{name}: {len(loader.items()) - len(bad)} of {len(loader.items())} images OK in {loader.data_dir}")
+    manifest = getattr(loader, "manifest", None)
+    if callable(manifest) and manifest():
+        from bench.data.prepare import manifest_digest
+
+        console.print(f"manifest sha256: {manifest_digest(manifest())} (card: {loader.card.get('manifest_sha256')})",
+                      highlight=False, soft_wrap=True)
     if bad:
         raise typer.Exit(1)
 

@@ -104,6 +104,15 @@ def rasterise(annotations: list[dict], height: int, width: int) -> np.ndarray:
     return label
 
 
+def captions_by_image(data: dict) -> dict[int, list[str]]:
+    """COCO id -> every caption of the image in a COCO captions JSON (``captions_*.json``),
+    ordered by annotation id, whitespace stripped (the rule of :class:`CocoLoader`)."""
+    caps: dict[int, list[tuple[int, str]]] = {}
+    for a in data.get("annotations", []):
+        caps.setdefault(int(a["image_id"]), []).append((int(a.get("id", 0)), str(a["caption"]).strip()))
+    return {k: [c for _, c in sorted(v)] for k, v in caps.items()}
+
+
 @register("dataset", "coco")
 class CocoLoader(Loader):
     """COCO images with their captions and thing label maps (see module doc)."""
@@ -168,10 +177,7 @@ class CocoLoader(Loader):
         if self._captions is not None:
             return
         data = self._read_json("captions")
-        caps: dict[int, list[tuple[int, str]]] = {}
-        for a in data.get("annotations", []):
-            caps.setdefault(int(a["image_id"]), []).append((int(a.get("id", 0)), str(a["caption"]).strip()))
-        self._captions = {k: [c for _, c in sorted(v)] for k, v in caps.items()}
+        self._captions = captions_by_image(data)
         self._image_recs = {Path(im["file_name"]).stem: im for im in data.get("images", [])}
 
     def _load_instances(self) -> None:

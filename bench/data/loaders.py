@@ -47,6 +47,7 @@ class Sample:
     captions: list[str] = field(default_factory=list)
     label_map: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
+    label_maps: dict[str, np.ndarray] = field(default_factory=dict)  # every map by label space (prepared sets)
 
 
 def default_data_dir(card: Card) -> Path:
