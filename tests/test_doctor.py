@@ -100,7 +100,7 @@ def test_package_versions_are_the_installed_ones():
     data = facts()
     rows = {p["package"]: p for p in data["packages"]}
     for dist in ("compressai", "transformers", "open_clip_torch", "mmsegmentation", "clean-fid", "lpips",
-                 "pycocotools", "tensorflow-compression", "diffusers"):
+                 "pycocotools", "diffusers"):
         try:
             expected = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -109,6 +109,12 @@ def test_package_versions_are_the_installed_ones():
         assert (rows[dist]["install"] is None) == (expected is not None)
     assert rows["open_clip_torch"]["module"] == "open_clip"
     assert rows["mmcv.ops"]["check"] in ("find_spec", "subprocess")
+    from bench.codecs.hific import env as hific_env  # TensorFlow lives in its own venv, not in bench's
+
+    info, why = hific_env.state()
+    hific = rows["HiFiC TensorFlow env"]
+    assert (hific["version"] is None) == (info is None) and (hific["install"] is None) == (info is not None)
+    assert "tensorflow-compression" not in rows
 
 
 def test_device_and_datasets_sections():
