@@ -67,7 +67,9 @@ class PreparedLoader(Loader):
 
             archives = card_archives(self.card)
             known = sum(a.size or 0 for a in archives)
-            size = f"{len(archives)} archive(s), {known / 1e9:.1f} GB" + ("" if all(a.size for a in archives) else "+")
+            unknown = sum(not a.size for a in archives)
+            size = (f"{len(archives)} archive(s)" + (f", {known / 1e9:.1f} GB" if known else "")
+                    + (f", size of {unknown} not published" if unknown else ""))
             return "missing", (f"not prepared in {self.data_dir}: `bench datasets prepare {self.card.name}` "
                                f"(downloads {size}; or --from DIR with them)")
         digest = manifest_digest(m)
