@@ -23,6 +23,10 @@ publishers put in the file name is known: those entries have ``sha256 = ""`` and
 ``sha256_prefix`` set, and a file is accepted when its sha256 *starts with* that
 prefix (``WeightFile.verified_by`` says which check applies; ``bench weights list``
 shows it). Replace them by the full digest once a trusted copy has been hashed.
+A publisher may give no digest at all (the MS-ILLM release): such an entry has both
+fields empty and is *unverified* (``verified_by == "unverified"``): any file in place is
+accepted, and :func:`fetch` and :func:`import_file` print the sha256 of what they install
+(to stdout) so that it can be stored in the table; from then on every load verifies it.
 
 Destinations (``dest``):
 
@@ -84,7 +88,8 @@ class WeightsError(FileNotFoundError):
 @dataclass(frozen=True)
 class WeightFile:
     """One pretrained file. ``sha256`` is the full digest, or "" when only
-    ``sha256_prefix`` (the 8 hex digits in the publisher's file name) is known."""
+    ``sha256_prefix`` (the 8 hex digits in the publisher's file name) is known; both
+    "" when no digest is known at all (unverified: any file in place is accepted)."""
 
     id: str
     filename: str
@@ -104,12 +109,16 @@ class WeightFile:
 
     @property
     def verified_by(self) -> str:
-        return "sha256" if self.sha256 else "sha256-prefix"
+        return "sha256" if self.sha256 else "sha256-prefix" if self.sha256_prefix else "unverified"
 
     @property
     def expected(self) -> str:
         """The expected digest as shown to users."""
-        return self.sha256 if self.sha256 else f"{self.sha256_prefix}… (prefix only: the full sha256 is not published)"
+        if self.sha256:
+            return self.sha256
+        if self.sha256_prefix:
+            return f"{self.sha256_prefix}… (prefix only: the full sha256 is not published)"
+        return "unknown (none published: the file is not verified; `bench weights fetch` prints its sha256)"
 
     def matches(self, digest: str) -> bool:
         return digest == self.sha256 if self.sha256 else digest.startswith(self.sha256_prefix)
@@ -246,8 +255,8 @@ def add(entry: WeightFile) -> WeightFile:
 def _check_entry(w: WeightFile) -> None:
     if w.dest not in DESTS:
         raise ValueError(f"{w.id}: dest {w.dest!r} is not one of {DESTS}")
-    if not (_HEX64.match(w.sha256) or (w.sha256 == "" and _HEX8.match(w.sha256_prefix))):
-        raise ValueError(f"{w.id}: needs a 64-hex sha256 or an 8-hex sha256_prefix")
+    if not (_HEX64.match(w.sha256) or (w.sha256 == "" and (_HEX8.match(w.sha256_prefix) or not w.sha256_prefix))):
+        raise ValueError(f"{w.id}: needs a 64-hex sha256, an 8-hex sha256_prefix, or neither (unverified)")
     if not w.url.startswith("https://"):
         raise ValueError(f"{w.id}: url must be https")
 
@@ -435,6 +444,10 @@ def _place(tmp: Path, digest: str, w: WeightFile) -> Path:
         raise WeightsError(f"{w.id}: got sha256 {digest}, expected {w.expected}; the file was not installed", [w.id])
     final = dest_dir(w.dest) / w.filename
     os.replace(tmp, final)
+    if w.verified_by == "unverified":
+        print(f"{w.id}: installed {final} UNVERIFIED (no published digest); its sha256 is {digest}. Check it "
+              f"against a trusted copy and store it in the weights table (sha256=\"{digest}\") so that every "
+              "later load verifies it.", flush=True)
     return final
 
 
@@ -503,15 +516,19 @@ def identify(digest: str, filename: str = "") -> WeightFile | None:
         if w.sha256 and w.sha256 == digest:
             return w
     for w in tab:
-        if not w.sha256 and digest.startswith(w.sha256_prefix):
+        if not w.sha256 and w.sha256_prefix and digest.startswith(w.sha256_prefix):
+            return w
+    for w in tab:  # no digest known: only the file name can tell
+        if w.verified_by == "unverified" and filename and w.filename == filename:
             return w
     return None
 
 
 def import_file(src: str | os.PathLike, id: str | None = None) -> Path:
     """Copy a user-supplied file into its place after matching its sha256 to a table
-    entry (or, for prefix-only entries, its sha256 prefix). With ``id`` the file must
-    be that entry's. A file that matches nothing is refused, naming what was expected."""
+    entry (or, for prefix-only entries, its sha256 prefix; for unverified entries, which
+    have no digest, its file name). With ``id`` the file must be that entry's. A file that
+    matches nothing is refused, naming what was expected."""
     src = Path(src)
     if not src.is_file():
         raise WeightsError(f"{src}: no such file", [id] if id else [])
@@ -531,7 +548,7 @@ def import_file(src: str | os.PathLike, id: str | None = None) -> Path:
             raise WeightsError(f"{src} (sha256 {digest}) matches no entry of the weights table; not imported.{hint}",
                                [same_name[0].id] if same_name else [])
     final = path(w.id)
-    if status(w.id) == "ok":
+    if status(w.id) == "ok" and (w.verified_by != "unverified" or sha256_file(final) == digest):
         return final
     with open(src, "rb") as f:
         tmp, got, _ = _copy_hashed(f, final.parent, w.filename)
