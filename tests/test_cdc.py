@@ -316,10 +316,13 @@ def test_figure_draws_estimated_rate_as_its_own_dashed_line():
 
 
 # ---------------------------------------------------------------------------- the codec check
-def test_codec_check_passes_for_the_tiny_card(tmp_path):
+@pytest.mark.parametrize("name", ["cdc-x", "cdc-eps-rho0"])  # both parameterisations, both rho
+def test_codec_check_passes_for_a_tiny_copy_of_the_card(name, tmp_path):
+    """`bench codecs check CARD --init random` on the card with size: tiny and 2 steps (the released
+    architecture needs minutes per decode on a CPU; tests/test_codecs_check.py leaves cdc cards out)."""
     from bench.codecs.check import run_checks
 
-    report = run_checks(str(_tiny_card(tmp_path)), init="random", images=0, sizes=[(48, 64), (7, 5)])
+    report = run_checks(str(_tiny_card(tmp_path, name)), init="random", images=0, sizes=[(48, 64), (7, 5)])
     assert not report.failed, "\n".join(f"{c.name}: {c.detail}" for c in report.failed)
     status = {c.name: c.status for c in report.checks}
     assert status["weights"] == "warn" and "UNVERIFIED" in report.check("weights").detail  # no published digest
