@@ -298,6 +298,44 @@ def test_run_stores_real_and_estimated_rows_apart(tmp_path, cache):
     assert run(exp).units_coded == 0  # resumed
 
 
+def test_store_tables_keep_estimated_rows_apart_for_set_metrics_and_leave_others_alone(tmp_path):
+    """Ledger level: a unit with est_bits yields a second (estimated) row everywhere, set metrics
+    (FID, ...) included at the mean estimated bpp of their units; a unit without it (every other
+    codec) yields exactly its real rows."""
+    from bench.store import RunStore
+
+    store = RunStore(tmp_path / "r")
+    keys = []
+    for codec, est in (("cdc-x", 3000.0), ("jpeg", None)):
+        for img in ("a", "b"):
+            key = f"{codec}-{img}"
+            keys.append(key)
+            paths = store.unit_paths("ds", codec, "1", 0, img)
+            for p in (paths.bitstream, paths.recon):
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_bytes(b"x")
+            store.add_unit(dict(unit_key=key, dataset="ds", image_id=img, image_sha256=img, codec=codec, card_hash="h",
+                                point="1", seed=0, height=10, width=20, bits=4000 + (img == "b") * 400, bpp=0.0,
+                                rate_kind="real", enc_s=0.1, dec_s=0.1, breakdown=None, bitstream=str(paths.bitstream),
+                                recon=str(paths.recon), bitstream_sha256="s", weights="pretrained", fingerprint="{}",
+                                est_bits=None if est is None else est + (img == "b") * 200))
+            store.add_metrics(key, {"psnr": 20.0 + (img == "b")}, {"psnr": "1"}, "cpu")
+        store.add_set_metric("ds", codec, "1", 0, "fid", 50.0, 2, key=f"fid-{codec}", mean_bpp=21.0,
+                             weights="pretrained")
+    store.set_scope(keys, {"psnr": "1"}, ["fid-cdc-x", "fid-jpeg"])
+    img, st = store.per_image_table().to_pandas(), store.per_set_table().to_pandas()
+    assert sorted(img[img.codec == "jpeg"].rate_kind) == ["real", "real"]
+    cdc = img[img.codec == "cdc-x"].sort_values(["image_id", "rate_kind"])
+    assert list(cdc.rate_kind) == ["estimated", "real"] * 2 and list(cdc.value) == [20.0, 20.0, 21.0, 21.0]
+    assert list(cdc[cdc.rate_kind == "estimated"].bpp) == pytest.approx([3000 / 200, 3200 / 200])
+    got = {(r.codec, r.metric, r.rate_kind): r.mean_bpp for r in st.itertuples()}
+    assert got == pytest.approx({("cdc-x", "psnr", "real"): 0.0, ("cdc-x", "psnr", "estimated"): 3100 / 200,
+                                 ("cdc-x", "fid", "real"): 21.0, ("cdc-x", "fid", "estimated"): 3100 / 200,
+                                 ("jpeg", "psnr", "real"): 0.0, ("jpeg", "fid", "real"): 21.0})
+    assert set(st[(st.codec == "cdc-x") & (st.metric == "fid")].value) == {50.0}
+    store.close()
+
+
 def test_figure_draws_estimated_rate_as_its_own_dashed_line():
     import pandas as pd
 
