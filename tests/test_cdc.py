@@ -406,3 +406,23 @@ def test_released_checkpoint_codes_a_kodak_crop(kodim01):
     payload = bits_breakdown(data)
     est = codec.estimated_bits(data)
     assert abs(payload["payload"] + payload["side"] - est) < 0.05 * est + 64
+
+
+def test_reference_comparison_reads_only_rows_of_the_reference_rate_kind(tmp_path):
+    """The CDC paper's bpp are entropy-model estimates: a reference may say rate_kind: estimated and
+    is then compared with the estimated rows only (the default stays real)."""
+    import pandas as pd
+
+    from bench.reference import Reference, compare
+
+    rows = [dict(run_id="r", dataset="kodak", codec="cdc-x", point="0.0512", seed=0, metric="psnr", value=25.0,
+                 n_images=24, n_patches=None, aggregate="mean", mean_bpp=bpp, weights="pretrained", rate_kind=kind)
+            for kind, bpp in (("real", 0.105), ("estimated", 0.100))]
+    (tmp_path / "run").mkdir()
+    pd.DataFrame(rows).to_parquet(tmp_path / "run" / "per_set.parquet")
+    meta = dict(codec="cdc-x", dataset="kodak", n_images=24, tolerance={"bpp_rel": 0.01, "psnr_abs": 0.1})
+    for kind, expected in ((None, 0.105), ("estimated", 0.100)):
+        ref = Reference("cdc", tmp_path / "cdc.csv", {"0.0512": {"bpp": 0.1, "psnr": 25.0}},
+                        {**meta, **({"rate_kind": kind} if kind else {})})
+        bpp = next(c for c in compare(tmp_path / "run", ref).checks if c.quantity == "bpp")
+        assert bpp.ours == pytest.approx(expected) and bpp.passed == (kind == "estimated")

@@ -67,7 +67,7 @@ class CDC(TorchCodec):
     pad_multiple = 64
     pad_mode = "replicate"
     decode_batch_size: ClassVar[int] = 4
-    max_cached_models: ClassVar[int | None] = 1
+    max_cached_models: ClassVar[int | None] = 3  # a card's points: the runner alternates points per image
 
     def __init__(self, device: str = "cpu", dtype: str = "float32", init: str = "pretrained", param: str = "x",
                  rho: float = 0.9, sampler: str = "ddim", steps: int | None = None, gamma: float = DEFAULT_GAMMA,
