@@ -34,7 +34,9 @@ bytes (``estimated_bits(data)``, e.g. CDC); the runner keeps it with the unit
 same unit/point with ``rate_kind = "estimated"``, ``bpp = est_bits / (H x W)`` (``bits``
 rounded to an integer; no payload/side/container split) and *identical* metric values.
 Rows of the two kinds are never averaged together: per_set groups by ``rate_kind`` and
-set metrics (FID, ...) are repeated with the mean estimated bpp of their units.
+set metrics (FID, ...) are repeated with the mean estimated bpp of their units. Real rows
+come first (`rate_kind` descending), so a reader that keeps the first row of a point sees
+the real rate.
 """
 from __future__ import annotations
 
@@ -304,7 +306,7 @@ class RunStore:
         SELECT {_PER_IMAGE_COLS.format(bits="CAST(ROUND(u.est_bits) AS INTEGER)", bpp=_EST_BPP, kind="'estimated'",
                                        payload="NULL", side="NULL", container="NULL")}
         FROM {_SCOPED} WHERE u.est_bits IS NOT NULL
-        ORDER BY dataset, codec, point, seed, image_id, metric, rate_kind"""
+        ORDER BY dataset, codec, point, seed, image_id, metric, rate_kind DESC"""
     # set metrics: the rate kind of their units, and their mean estimated bpp where units have estimates
     _UNITS_OF_SET = """FROM units u JOIN scope su ON su.kind = 'unit' AND su.key = u.unit_key
                WHERE u.dataset = s.dataset AND u.codec = s.codec AND u.point = s.point AND u.seed = s.seed"""
@@ -331,7 +333,7 @@ class RunStore:
                    (SELECT AVG({_EST_BPP}) {_UNITS_OF_SET} AND u.est_bits IS NOT NULL) AS est_bpp,
                    s.weights, s.extra, 'estimated'
             FROM set_metrics s JOIN scope ss ON ss.kind = 'set' AND ss.key = s.key) WHERE est_bpp IS NOT NULL
-        ORDER BY 1, 2, 3, 4, 5, 13, 9"""
+        ORDER BY 1, 2, 3, 4, 5, 13 DESC, 9"""
     _TYPES = {"seed": "int64", "height": "int64", "width": "int64", "bits": "int64", "n_images": "int64",
               "n_patches": "int64", "bpp": "float64", "enc_s": "float64", "dec_s": "float64", "value": "float64",
               "mean_bpp": "float64", "payload_bits": "int64", "side_bits": "int64", "container_bits": "int64"}

@@ -333,6 +333,9 @@ def test_store_tables_keep_estimated_rows_apart_for_set_metrics_and_leave_others
                                  ("cdc-x", "fid", "real"): 21.0, ("cdc-x", "fid", "estimated"): 3100 / 200,
                                  ("jpeg", "psnr", "real"): 0.0, ("jpeg", "fid", "real"): 21.0})
     assert set(st[(st.codec == "cdc-x") & (st.metric == "fid")].value) == {50.0}
+    # real rows first: readers that keep the first row of a point (the CLI summary) show the real rate
+    assert all(g.rate_kind.iloc[0] == "real" for _, g in st.groupby(["codec", "metric"], sort=False))
+    assert all(g.rate_kind.iloc[0] == "real" for _, g in img.groupby(["codec", "image_id"], sort=False))
     store.close()
 
 
