@@ -106,8 +106,8 @@ def test_state_dict_keys_and_shapes_match_the_release(param):
     down, up = (1, 1) if param == "x" else (2, 2)  # BigCompressor: empty VBR slot in the middle of each unit
     assert shapes[f"context_fn.enc.3.{down}.conv.weight"] == (256, 256, 3, 3)
     assert shapes[f"context_fn.dec.3.{up}.conv.weight"] == (64, ctx, 4, 4)
-    assert shapes[f"context_fn.hyper_dec.0.0.weight"] == (256, 256, 5, 5)
-    assert shapes[f"context_fn.hyper_dec.2.0.weight"] == (512, 256, 3, 3)
+    assert shapes["context_fn.hyper_dec.0.0.weight"] == (256, 256, 5, 5)
+    assert shapes["context_fn.hyper_dec.2.0.weight"] == (512, 256, 3, 3)
     assert ("train_snr" in shapes) == (param == "x")
     assert shapes["train_betas"] == ((8193,) if param == "x" else (20000,))
     assert not any(k.startswith("loss_fn_vgg") for k in shapes)
@@ -367,9 +367,9 @@ def test_codec_check_passes_for_a_tiny_copy_of_the_card(name, tmp_path):
     assert not report.failed, "\n".join(f"{c.name}: {c.detail}" for c in report.failed)
     status = {c.name: c.status for c in report.checks}
     assert status["weights"] == "warn" and "UNVERIFIED" in report.check("weights").detail  # no published digest
-    for name in ("card", "adapter", "points", "encode", "decode", "fresh-process", "lossy", "deterministic", "seed", "empty-bytes",
-                 "truncated-bytes"):
-        assert status[name] == "pass", (name, report.check(name).detail)
+    for check_name in ("card", "adapter", "points", "encode", "decode", "fresh-process", "lossy", "deterministic",
+                       "seed", "empty-bytes", "truncated-bytes"):
+        assert status[check_name] == "pass", (check_name, report.check(check_name).detail)
 
 
 # ---------------------------------------------------------------------------- devices and real weights

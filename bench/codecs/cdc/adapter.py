@@ -190,14 +190,14 @@ class CDC(TorchCodec):
         decoder and sampler run; item i's noise comes from generator i only."""
         import torch
 
-        from bench.codecs.cdc import model as m
+        from bench.codecs.cdc.sampler import sample
 
         y_hat = torch.cat([self._latents(model, c)[0] for c in containers])
         context = model.context_fn.context(y_hat)
         h, w = context[0].shape[-2:]
         init = self.gamma * self.batch_noise((3, h, w), generators)
-        x = m.sample(model, context, init, self.steps, SAMPLERS[self.sampler],
-                     noise_fn=lambda shape: self.batch_noise(shape, generators))
+        x = sample(model, context, init, self.steps, SAMPLERS[self.sampler],
+                   noise_fn=lambda shape: self.batch_noise(shape, generators))
         return x.clamp_(-1.0, 1.0).add_(1.0).mul_(0.5)
 
     def estimated_bits(self, data: bytes) -> float:
@@ -217,8 +217,9 @@ class CDC(TorchCodec):
                 bits = bits - m.gaussian_likelihood(y_hat, mean, scale).log2().sum()
         except CodecError:
             raise
-        except Exception as exc:  # noqa: BLE001 - corrupt entropy-coded data
-            raise CodecError(f"cdc: cannot decode the latents for the rate estimate: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # corrupt entropy-coded data
+            raise CodecError(f"cdc: cannot decode the latents for the rate estimate: {type(exc).__name__}: "
+                             f"{exc}") from exc
         return float(bits)
 
 
@@ -230,7 +231,7 @@ def load_checkpoint(net: Any, path: str | Path, param: str) -> None:
 
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unreadable or not a torch file
+    except Exception as exc:  # unreadable, or not a torch file
         raise CodecError(f"cdc: cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(ckpt, dict):
         raise CodecError(f"cdc: {path} holds a {type(ckpt).__name__}, expected the release's dict")

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 SOURCE = ("buggyyang/CDC_compression", "00b10de91f734ec95dde3b210493ddbeda914dd4")
 
@@ -349,7 +349,10 @@ class CDC(nn.Module):
         self.context_fn = Compressor(cfg)
         betas = cosine_betas(cfg.timesteps) if cfg.schedule == "cosine" else linear_betas(cfg.timesteps)
         ac = np.cumprod(1.0 - betas, axis=0)
-        f = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+
+        def f(a):
+            return torch.tensor(a, dtype=torch.float32)
+
         if cfg.param == "x":
             self.register_buffer("train_snr", f(ac / (1 - ac)))
         self.register_buffer("train_betas", f(betas))
@@ -376,42 +379,6 @@ def cosine_betas(n: int, s: float = 0.008) -> np.ndarray:
 def linear_betas(n: int) -> np.ndarray:
     scale = 1000 / n
     return np.linspace(scale * 1e-4, scale * 0.02, n)
-
-
-# ---------------------------------------------------------------------------- sampling
-def sample(model: CDC, context: list, init, steps: int, eta: float, noise_fn=None):
-    """Iterative decoding from ``init`` (B, 3, H, W) float32 (γ·N(0, I)) conditioned on
-    ``context``; ``eta`` 0 = DDIM (deterministic after the initial noise), 1 = DDPM
-    (ancestral: fresh noise from ``noise_fn(shape)`` at every step). Returns x0 (B, 3, H, W),
-    not yet clamped. Steps are spread evenly over the training steps (``linspace``), as in
-    the release; x-param clips its x0 prediction to [-1, 1], eps-param does not (its
-    released ``clip_noise="none"``)."""
-    cfg = model.cfg
-    T = cfg.timesteps
-    dev = init.device
-    if cfg.param == "x" and steps == 1:
-        idx = torch.tensor([T - 1], device=dev)
-    else:
-        idx = torch.linspace(0, T - 1, steps, device=dev).long()
-    ac = model.train_alphas_cumprod.to(dev)[idx]
-    ac_prev = F.pad(ac[:-1], (1, 0), value=1.0)
-    sigma = torch.sqrt((1 - ac_prev) / (1 - ac)) * torch.sqrt(1 - ac / ac_prev)
-    x = init
-    b = x.shape[0]
-    for i in reversed(range(steps)):
-        if cfg.param == "x":
-            time = torch.full((b, 1), float(idx[i]) / T, device=dev)
-            x0 = model.denoise(x, time, context).clamp(-1.0, 1.0)
-            eps = (x / ac[i].sqrt() - x0) / torch.sqrt(1.0 / ac[i] - 1)
-        else:
-            time = torch.full((b, 1), i / steps, device=dev)
-            eps = model.denoise(x, time, context)
-            x0 = x / ac[i].sqrt() - torch.sqrt(1.0 / ac[i] - 1) * eps
-        s = eta * sigma[i]
-        x = ac_prev[i].sqrt() * x0 + torch.sqrt((1 - ac_prev[i] - s * s).clamp(min=0)) * eps
-        if eta > 0 and i > 0:
-            x = x + s * noise_fn(tuple(x.shape[1:]))
-    return x
 
 
 # ---------------------------------------------------------------------------- entropy coding tables
