@@ -120,6 +120,39 @@ def test_schedule_buffers_are_the_releases_formulas():
     assert lin[0] == pytest.approx(1000 / 20000 * 1e-4) and lin[-1] == pytest.approx(1000 / 20000 * 0.02)
 
 
+@pytest.mark.parametrize("param", ["x", "eps"])
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_sampler_lands_on_x0_with_an_oracle_denoiser(param, eta):
+    """With a denoiser that knows the target x0 (x-param: predicts it; eps-param: predicts the
+    noise that makes x_t from it, reading the step from its time input i/N), DDIM and DDPM both
+    end exactly at x0 from any start: the schedule, the time inputs and the update agree."""
+    import torch
+
+    from bench.codecs.cdc.sampler import sample
+
+    net = cdc_model.CDC(cdc_model.TINY[param])
+    steps, T = 7, net.cfg.timesteps
+    idx = torch.linspace(0, T - 1, steps).long()
+    target = torch.rand(2, 3, 8, 8) * 1.6 - 0.8
+    seen = []
+
+    def oracle(x, time, context):
+        seen.append(float(time[0, 0]))
+        if param == "x":
+            return target
+        i = round(float(time[0, 0]) * steps)  # eps-param time input: position i / N
+        ac = net.train_alphas_cumprod[idx[i]]
+        return (x - ac.sqrt() * target) / (1 - ac).sqrt()
+
+    net.denoise = oracle
+    g = torch.Generator().manual_seed(0)
+    out = sample(net, [], torch.randn(2, 3, 8, 8, generator=g) * 0.8, steps, eta,
+                 noise_fn=lambda shape: torch.randn((2, *shape), generator=g))
+    assert torch.allclose(out, target, atol=1e-4)
+    expected = [float(idx[i]) / T if param == "x" else i / steps for i in reversed(range(steps))]
+    assert seen == pytest.approx(expected)
+
+
 # ---------------------------------------------------------------------------- official checkpoint format
 def _official_file(path: Path, param: str, rho: float, state: dict, junk_online: bool = True) -> None:
     """A file as the release's trainer saves it: x-param {step, model, ema (ema_pytorch 0.2.3:
