@@ -269,6 +269,8 @@ def _code_unit(task: UnitTask, settings: CodecSettings) -> tuple[dict, np.ndarra
         dec_s = time.perf_counter() - t0
         recon = check_recon(task.card.name, task.rgb.shape, recon)
         breakdown = decoder.bits_breakdown(stored)
+        estimate = getattr(decoder, "estimated_bits", None)  # official rate estimate (CDC): a second row kind
+        est_bits = float(estimate(stored)) if callable(estimate) else None
     except (CodecError, ExperimentError, OSError, ValueError) as exc:
         out["errors"].append(f"{where}: {exc}")
         out["failed"] = True
@@ -287,7 +289,7 @@ def _code_unit(task: UnitTask, settings: CodecSettings) -> tuple[dict, np.ndarra
         height=h, width=w, bits=bits, bpp=bits / (h * w), rate_kind=encoder.rate_kind, enc_s=enc_s, dec_s=dec_s,
         breakdown=_json(breakdown), bitstream=str(task.paths.bitstream),
         recon=str(task.paths.recon), bitstream_sha256=sha256_bytes(stored), weights=encoder.weights,
-        fingerprint=_json(task.fingerprint))
+        fingerprint=_json(task.fingerprint), est_bits=est_bits)
     return out, recon
 
 

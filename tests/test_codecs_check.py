@@ -34,7 +34,10 @@ def _builtin_param(name: str):
     return name
 
 
-BUILTIN_CARDS = [_builtin_param(n) for n in sorted(p.stem for p in (REPO / "codecs").glob("*.yaml"))]
+# CDC's released architecture needs minutes per 64x96 decode on a CPU (65-200 U-Net steps, 54 M
+# parameters): tests/test_cdc.py runs this same check on a tiny copy of the cdc cards instead
+BUILTIN_CARDS = [_builtin_param(n) for n in sorted(p.stem for p in (REPO / "codecs").glob("*.yaml"))
+                 if not n.startswith("cdc")]
 CHECKS = ("card", "adapter", "points", "weights", "fingerprint", "encode", "rate", "decode", "fresh-process", "lossy",
           "plausible", "deterministic", "seed", "empty-bytes", "truncated-bytes", "bit-flips")
 SMALL = [(48, 64), (7, 5)]  # one small real crop (judged on lossy/plausible) and one odd size
