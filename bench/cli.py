@@ -169,7 +169,8 @@ def _print_summary(run_dir: Path) -> None:
     metrics = sorted({r["metric"] for r in rows})
     points: dict[tuple, dict] = {}
     for r in rows:
-        label = r["codec"] + (" (random weights)" if r.get("weights") == "random" else "")
+        label = (r["codec"] + (" (random weights)" if r.get("weights") == "random" else "")
+                 + (" (estimated rate)" if r.get("rate_kind") == "estimated" else ""))
         entry = points.setdefault((label, r["point"], r["seed"]), {"bpp": None, "n": {}, "n_bpp": -1})
         entry[r["metric"]] = r["value"]
         entry["n"][r["metric"]] = r["n_images"]
