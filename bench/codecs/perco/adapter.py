@@ -218,6 +218,7 @@ class PerCo(TorchCodec):
         return folder, files
 
     def model_id(self, point: Any) -> str:
+        self.point_key(point)  # CodecError for a point this adapter lacks (read() reports it as bad bytes)
         if self.init == "random":
             return "random"
         folder, files = self._folder_files(point)
