@@ -329,3 +329,22 @@ def test_card_lists_the_released_points_and_says_weights_are_unreleased():
     assert "official weights: unreleased" in body["weight_files"]
     for name in perco_weights.RATES:
         assert name in body["all_points"]
+
+
+def test_full_size_random_networks_have_sd21_shapes():
+    """Built on the meta device (no memory, no compute): SD-2.1's UNet (865,910,724 parameters) plus
+    the extended input convolution (320 x 320 x 3 x 3 more weights), and the hyper-encoder sizes the
+    reimplementation documents without its quantiser (6,051,592 at 0.1250; 20,424,328 at 0.0019)."""
+    import torch
+
+    from bench.codecs.perco import model as pm
+
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    with torch.device("meta"):
+        low = pm.build_random(8, 256, "full", "euclidean")
+        high = pm.HyperEncoder(grid=64, codebook_size=256, **pm.random_configs("full")["hyper"])
+    assert count(low.unet) == 865_910_724 + 320 * 320 * 9
+    assert low.unet.conv_in.in_channels == 4 + 320 and low.vae_factor == 8
+    for hyper, documented in ((low.hyper_enc, 20_424_328), (high, 6_051_592)):
+        assert count(hyper) - count(hyper.quantizer) == documented
+        assert hyper.quantizer._codebook.embed.shape == (1, 256, 32)
