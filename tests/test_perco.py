@@ -348,3 +348,16 @@ def test_full_size_random_networks_have_sd21_shapes():
     for hyper, documented in ((low.hyper_enc, 20_424_328), (high, 6_051_592)):
         assert count(hyper) - count(hyper.quantizer) == documented
         assert hyper.quantizer._codebook.embed.shape == (1, 256, 32)
+
+
+def test_light_imports():
+    """Listing codecs and computing random-init fingerprints import neither torch nor diffusers."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from bench import registry, weights; registry.entries('codec'); weights.table(); "
+            "from bench.codecs.perco.adapter import PerCo; PerCo(init='random').fingerprint(0.0019); "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.strip() == "[]", out.stderr
