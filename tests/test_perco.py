@@ -361,3 +361,40 @@ def test_light_imports():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_blip2_captioner_from_a_local_folder(tmp_path, monkeypatch):
+    """The BLIP-2 code path on a tiny random BLIP-2 saved here (real layout: model + processor files)."""
+    import torch
+    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, Blip2QFormerConfig,
+                              Blip2VisionConfig, BlipImageProcessor, OPTConfig)
+
+    from bench.codecs.perco.model import byte_level_tokenizer
+
+    tok = byte_level_tokenizer()
+    tok.add_tokens(["<image>"], special_tokens=True)
+    vision = Blip2VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                               image_size=32, patch_size=8)
+    qformer = Blip2QFormerConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                 encoder_hidden_size=32, vocab_size=520)
+    text = OPTConfig(vocab_size=520, hidden_size=32, ffn_dim=64, num_hidden_layers=1, num_attention_heads=4,
+                     max_position_embeddings=128, word_embed_proj_dim=32, bos_token_id=512, eos_token_id=513,
+                     pad_token_id=513)
+    torch.manual_seed(0)
+    net = Blip2ForConditionalGeneration(Blip2Config(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(),
+                                                    text_config=text.to_dict(), num_query_tokens=4,
+                                                    image_token_index=tok.convert_tokens_to_ids("<image>")))
+    folder = tmp_path / "blip2"
+    net.save_pretrained(folder)
+    Blip2Processor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok,
+                   num_query_tokens=4).save_pretrained(folder)
+    codec = PerCo(init="random", caption="blip2", captioner_under_random=True, blip2=str(folder), steps=1,
+                  max_caption_tokens=6)
+    data = codec.encode(_image(48, 48), 0.0019, captions=["ignored: blip2 is the source"])
+    caption = PerCo(init="random", steps=1).read_caption_and_indices(data)[1]
+    assert caption == codec.blip2_caption(PerCo.resize_to_coded(_image(48, 48)))  # deterministic greedy decoding
+    assert 0 < len(caption.split()) <= 6  # at most 6 new tokens (each decodes to one piece here)
+    assert 8 * len(unpack(data).section("caption")) == bits_breakdown(data)["side"]
+    with pytest.raises(WeightsMissing, match="caption source blip2 needs the BLIP-2 model"):
+        PerCo(init="random", caption="blip2", captioner_under_random=True, blip2=str(tmp_path / "absent"),
+              steps=1).encode(_image(8, 8), 0.0019)

@@ -311,7 +311,9 @@ class PerCo(TorchCodec):
             inputs = processor(images=rgb512, return_tensors="pt").to(self.device)
             if self.dtype != "float32":
                 inputs["pixel_values"] = inputs["pixel_values"].to(self.torch_dtype)
-            ids = net.generate(**inputs, max_length=self.max_caption_tokens)
+            # at most max_caption_tokens new tokens (the reimplementation's 32; transformers >= 4.46 puts the
+            # query-token placeholders into the prompt, so max_length would count them)
+            ids = net.generate(**inputs, max_new_tokens=self.max_caption_tokens)
         return processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
 
     # ------------------------------------------------------------------ coding
