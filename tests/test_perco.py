@@ -398,3 +398,16 @@ def test_blip2_captioner_from_a_local_folder(tmp_path, monkeypatch):
     with pytest.raises(WeightsMissing, match="caption source blip2 needs the BLIP-2 model"):
         PerCo(init="random", caption="blip2", captioner_under_random=True, blip2=str(tmp_path / "absent"),
               steps=1).encode(_image(8, 8), 0.0019)
+
+
+@pytest.mark.needs_gpu
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_cuda_batched_decode_in_reduced_precision(dtype):
+    """On a GPU: encode on CUDA, decode a batch of seeds in half precision; sizes and seeds as on the CPU."""
+    rgb = _image(96, 80)
+    data = PerCo(**FAST, device="cuda").encode(rgb, 0.0313, captions=[CAPTION])
+    dec = PerCo(**FAST, device="cuda", dtype=dtype)
+    out = dec.decode_batch([data] * 3, [0, 1, 2])
+    assert all(o.shape == rgb.shape and o.dtype == np.uint8 for o in out)
+    assert not np.array_equal(out[0], out[1])
+    assert np.abs(out[2].astype(int) - dec.decode(data, seed=2).astype(int)).max() <= 2
