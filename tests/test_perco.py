@@ -115,7 +115,7 @@ def test_bytes_round_trip_through_a_fresh_adapter_with_exact_bit_counts(point):
     small = PerCo.resize_to_coded(rgb)
     with torch.inference_mode():
         x = torch.from_numpy(small.copy()).permute(2, 0, 1)[None].float().div(127.5).sub(1)
-        lat = model.vae.encode(x).latent_dist.sample(generator=dec.generator(0))
+        lat = model.vae.encode(x).latent_dist.mode()  # encoder_latent: mode (the card's default)
         expected = model.hyper_enc.encode(lat * model.scaling_factor)[0].numpy()
     assert np.array_equal(idx, expected)
 
@@ -319,7 +319,11 @@ def test_run_writes_real_rows_with_dataset_captions_in_the_bytes(coco_mini_dir, 
 
     a, b = (read_rgb(out / "recon" / "coco-mini" / "perco" / "0.0019" / f"s{s}" / f"{first.id}.png")[0]
             for s in (0, 1))
-    assert a.shape == (first.rgb.shape) and not np.array_equal(a, b)  # two seeds, two samples
+    assert a.shape == (first.rgb.shape) and not np.array_equal(a, b)  # two seeds, two samples ...
+    for point in ("0.0019", "0.0313", "0.125"):  # ... of one bitstream (encoder_latent: mode)
+        stored = {(out / "bitstreams" / "coco-mini" / "perco" / point / f"s{s}" / f"{first.id}.bin").read_bytes()
+                  for s in (0, 1)}
+        assert len(stored) == 1
     assert run(exp).units_coded == 0  # resumed
 
 
@@ -339,7 +343,9 @@ def test_full_size_random_networks_have_sd21_shapes():
 
     from bench.codecs.perco import model as pm
 
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    def count(m):
+        return sum(p.numel() for p in m.parameters())
+
     with torch.device("meta"):
         low = pm.build_random(8, 256, "full", "euclidean")
         high = pm.HyperEncoder(grid=64, codebook_size=256, **pm.random_configs("full")["hyper"])
@@ -411,3 +417,11 @@ def test_cuda_batched_decode_in_reduced_precision(dtype):
     assert all(o.shape == rgb.shape and o.dtype == np.uint8 for o in out)
     assert not np.array_equal(out[0], out[1])
     assert np.abs(out[2].astype(int) - dec.decode(data, seed=2).astype(int)).max() <= 2
+
+
+def test_encoder_latent_sample_draws_with_the_encode_seed():
+    rgb = _image(64, 64, seed=5)
+    codec = PerCo(**FAST, encoder_latent="sample")
+    assert codec.encode(rgb, 0.125, seed=4) == PerCo(**FAST, encoder_latent="sample").encode(rgb, 0.125, seed=4)
+    mode = PerCo(**FAST)
+    assert mode.encode(rgb, 0.125, seed=0) == mode.encode(rgb, 0.125, seed=9)  # the mean: no seed in the bytes

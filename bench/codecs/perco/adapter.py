@@ -6,9 +6,11 @@ Encoding (``encode(rgb, point, seed, captions=None)``):
    does for every input (the paper evaluates at 512 x 512 too); the original H x W and the
    coded 512 x 512 are in the container's dims, so nobody mistakes rows for
    native-resolution coding;
-2. LDM autoencoder latents (4 x 64 x 64; ``encoder_latent: sample`` draws from the
-   posterior with the encode seed, as the reimplementation; ``mode`` takes its mean),
-   scaled by the VAE's ``scaling_factor``;
+2. LDM autoencoder latents (4 x 64 x 64), scaled by the VAE's ``scaling_factor``:
+   ``encoder_latent: mode`` (default) takes the posterior mean, so the bytes do not depend on
+   the seed and ``--seeds`` gives N decoder samples of one bitstream; ``sample`` draws from
+   the posterior with the encode seed, as the reimplementation's ``compress`` does (SD's
+   posterior is narrow: the index map rarely changes);
 3. hyper-encoder + vector quantiser -> an h x w index map over a codebook of V entries,
    coded uniformly: h*w*ceil(log2 V) bits, row-major, most significant bit first,
    zero-padded to a whole byte (for all seven rate settings the count is already a
@@ -141,7 +143,7 @@ class PerCo(TorchCodec):
 
     def __init__(self, device: str = "cpu", dtype: str = "float32", init: str = "pretrained", caption: str = "blip2",
                  steps: Any = "auto", guidance_scale: float = 3.0, pipelines: Mapping | None = None,
-                 random_size: str = "tiny", vq_distance: str = "auto", encoder_latent: str = "sample",
+                 random_size: str = "tiny", vq_distance: str = "auto", encoder_latent: str = "mode",
                  blip2: str = DEFAULT_BLIP2, captioner_under_random: bool = False,
                  max_caption_tokens: int = 32) -> None:
         super().__init__(device, dtype, init, caption=caption, steps=steps, guidance_scale=guidance_scale,
