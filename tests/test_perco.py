@@ -305,6 +305,11 @@ def test_run_writes_real_rows_with_dataset_captions_in_the_bytes(coco_mini_dir, 
     assert res.units_coded == 6 and not [p for p in res.problems if not p.startswith("note:")], res.problems
     df = read_table(out, "per_image")
     assert set(df.weights) == {"random"} and len(df) == 6 and set(df.seed) == {0, 1}
+    import sqlite3
+
+    with sqlite3.connect(out / "ledger.sqlite") as db:  # each unit's record names the coding resolution
+        fps = [json.loads(r[0]) for r in db.execute("SELECT fingerprint FROM units")]
+    assert len(fps) == 6 and all(fp["coded_at"].startswith("512x512") for fp in fps)
     sample = open_dataset(cards.get("dataset", "coco-mini"), coco_mini_dir)
     first = sample.load(sample.items()[0])
     for row in df.itertuples():

@@ -230,7 +230,10 @@ class PerCo(TorchCodec):
         return hashlib.sha256(text.encode()).hexdigest()[:8]
 
     def fingerprint(self, point: Any) -> dict[str, Any]:
+        """Base fingerprint plus the coding resolution (so every row records the resize) and, under
+        pretrained weights, the pipeline folder's file hashes (and the captioner's name)."""
         fp = super().fingerprint(point)
+        fp["coded_at"] = f"{CODED}x{CODED} (input resized, PIL bicubic; output resized back, bicubic)"
         if self.init == "pretrained" and canonical_point(point) is not None:
             folder, files = self._folder_files(point)
             fp["weights"] = {"folder_digest": self.model_id(point),
