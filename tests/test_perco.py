@@ -100,7 +100,7 @@ def test_bytes_round_trip_through_a_fresh_adapter_with_exact_bit_counts(point):
     assert recon.shape == rgb.shape and recon.dtype == np.uint8
     grid, v = PerCo.rate(point)
     box = unpack(data, "perco")
-    assert box.dims == (37, 53, 512, 512, grid, grid) and box.model == "random"
+    assert box.dims == (37, 53, 512, 512, grid, grid, 0) and box.model == "random"  # 0: resized to 512x512
     bits = bits_breakdown(data)
     assert bits["payload"] == grid * grid * math.ceil(math.log2(v))
     assert bits["side"] == 8 * len(zlib.compress(CAPTION.encode(), 9))
@@ -175,12 +175,33 @@ def test_corrupt_or_foreign_bytes_raise_clear_errors():
         codec.decode(repack(sections=(box.sections[0], Section("caption", b"not zlib", side=True))))
     with pytest.raises(ContainerError, match="index map section has 63 bytes"):
         codec.decode(repack(sections=(Section("z", box.sections[0].data[:-1]), box.sections[1])))
-    with pytest.raises(ContainerError, match=r"dims \(H, W, 512, 512, 8, 8\)"):
-        codec.decode(repack(dims=(32, 32, 512, 512, 16, 16)))
+    with pytest.raises(ContainerError, match=r"consistent with a 8x8 grid"):
+        codec.decode(repack(dims=(32, 32, 512, 512, 16, 16, 0)))
+    with pytest.raises(ContainerError, match=r"consistent with a 8x8 grid"):
+        codec.decode(repack(dims=(32, 32, 512, 512, 8, 8, 1)))  # native mode would code 32x32 at 64x64
     with pytest.raises(ContainerError, match="no rate point"):
         codec.decode(repack(point=0.5))
     with pytest.raises(CodecError, match=r"valid points.*0\.0019\|0\.0020"):
         codec.encode(_image(8, 8), 0.05)
+
+
+def test_native_resolution_codes_at_the_padded_size_and_crops():
+    """resolution: native - edge-padded to a multiple of 64, grid scaled with the size, cropped on decode."""
+    rgb = _image(100, 150)
+    codec = PerCo(**FAST, resolution="native")
+    for point, grid in ((0.0019, (2, 3)), (0.125, (16, 24))):  # 128x192 coded: 8x8 / 64x64 per 512x512
+        data = codec.encode(rgb, point, captions=[CAPTION])
+        assert unpack(data).dims == (100, 150, 128, 192, *grid, 1)
+        grid_side, v = PerCo.rate(point)
+        assert bits_breakdown(data)["payload"] == grid[0] * grid[1] * math.ceil(math.log2(v))
+        # the spatial bpp of the padded image is the nominal one
+        assert bits_breakdown(data)["payload"] / (128 * 192) == pytest.approx(float(canonical_point(point)), rel=0.03)
+        recon = PerCo(**FAST).decode(data, seed=1)  # the mode is in the bytes: any instance decodes it
+        assert recon.shape == rgb.shape
+    tiny = codec.encode(_image(7, 5), 0.0019)
+    assert unpack(tiny).dims == (7, 5, 64, 64, 1, 1, 1) and PerCo(**FAST).decode(tiny).shape == (7, 5, 3)
+    with pytest.raises(CodecError, match="resolution must be 512 or native"):
+        PerCo(**FAST, resolution=768)
 
 
 def test_bfloat16_on_cpu_decodes_float32_bytes():

@@ -2,10 +2,13 @@
 
 Encoding (``encode(rgb, point, seed, captions=None)``):
 
-1. the image is resized to 512 x 512 (PIL bicubic), as the community reimplementation
-   does for every input (the paper evaluates at 512 x 512 too); the original H x W and the
-   coded 512 x 512 are in the container's dims, so nobody mistakes rows for
-   native-resolution coding;
+1. ``resolution: 512`` (default): the image is resized to 512 x 512 (PIL bicubic), as the
+   community reimplementation does for every input (the paper trains and evaluates COCO at
+   512 x 512). ``resolution: native``: the image is coded at its own size, edge-padded to a
+   multiple of 64 (the UNet is convolutional; the index grid scales with the image, so the
+   spatial bpp of the padded image is the nominal one; the paper's Kodak results at 768 x 512
+   suggest it coded Kodak natively). The original H x W, the coded size and the mode are in
+   the container's dims, so nobody mistakes rows for native-resolution coding or vice versa;
 2. LDM autoencoder latents (4 x 64 x 64), scaled by the VAE's ``scaling_factor``:
    ``encoder_latent: mode`` (default) takes the posterior mean, so the bytes do not depend on
    the seed and ``--seeds`` gives N decoder samples of one bitstream; ``sample`` draws from
@@ -24,16 +27,18 @@ Encoding (``encode(rgb, point, seed, captions=None)``):
    ``captioner_under_random: true``: ``blip2`` then behaves as ``dataset``.
 
 Container: codec id ``perco``, the point (canonical float, e.g. 0.0019), dims
-``(H, W, 512, 512, h, w)``, the weights identity (``random`` or an 8-hex digest of the
+``(H, W, coded H, coded W, h, w, mode)`` (mode 0: resized to 512 x 512, 1: native, padded),
+the weights identity (``random`` or an 8-hex digest of the
 pipeline folder's files) and the sections ``z`` and ``caption``.
 
 Decoding (``decode(data, seed)``): index map -> quantised features; DDIM with
 classifier-free guidance on the text only (:mod:`bench.codecs.perco.sampler`);
 ``steps: auto`` = the paper's 20 steps below 0.05 bpp and 5 at or above; the initial
 noise is drawn from the seed, so N seeds give N samples of one bitstream (``stochastic``).
-The decoder works at 512 x 512; the harness requires the input's H x W, so the 512 x 512
-result is resized back with bicubic interpolation (antialiased) before rounding to 8 bits.
-The reconstruction therefore carries both resizes; metrics compare it with the original.
+The decoder works at the coded size. The harness requires the input's H x W: a 512 x 512
+decode is resized back with bicubic interpolation (antialiased) before rounding to 8 bits
+(the reconstruction carries both resizes; metrics compare it with the original); a native
+decode is cropped.
 
 Points are the paper's nominal spatial bpp at 512 x 512 (caption not included), named as
 in its Table 2; the exact values' roundings are accepted too (``weights.ALIASES``):
@@ -67,6 +72,9 @@ from bench.hashing import sha256_file_cached
 from bench.registry import register
 
 CODED = 512
+RESOLUTIONS = (512, "native")
+MODE_RESIZED, MODE_NATIVE = 0, 1
+NATIVE_MULTIPLE = 64  # VAE /8, hyper-encoder down to /8 more, SD-2.1 UNet /8: latents multiple of 8
 CAPTION_SOURCES = ("blip2", "dataset", "none")
 LOW_RATE_STEPS, HIGH_RATE_STEPS, STEP_SWITCH_BPP = 20, 5, 0.05  # paper, App. A
 DEFAULT_BLIP2 = "Salesforce/blip2-opt-2.7b-coco"  # the reimplementation's captioner (src/config.py)
@@ -145,11 +153,11 @@ class PerCo(TorchCodec):
                  steps: Any = "auto", guidance_scale: float = 3.0, pipelines: Mapping | None = None,
                  random_size: str = "tiny", vq_distance: str = "auto", encoder_latent: str = "mode",
                  blip2: str = DEFAULT_BLIP2, captioner_under_random: bool = False,
-                 max_caption_tokens: int = 32) -> None:
+                 max_caption_tokens: int = 32, resolution: Any = 512) -> None:
         super().__init__(device, dtype, init, caption=caption, steps=steps, guidance_scale=guidance_scale,
                          pipelines=pipelines, random_size=random_size, vq_distance=vq_distance,
                          encoder_latent=encoder_latent, blip2=blip2, captioner_under_random=captioner_under_random,
-                         max_caption_tokens=max_caption_tokens)
+                         max_caption_tokens=max_caption_tokens, resolution=resolution)
         if caption not in CAPTION_SOURCES:
             raise CodecError(f"perco: caption must be one of {', '.join(CAPTION_SOURCES)}, got {caption!r}")
         if not (steps == "auto" or (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1)):
@@ -160,6 +168,9 @@ class PerCo(TorchCodec):
             raise CodecError(f"perco: vq_distance must be auto, euclidean or cosine, got {vq_distance!r}")
         if encoder_latent not in ("sample", "mode"):
             raise CodecError(f"perco: encoder_latent must be sample or mode, got {encoder_latent!r}")
+        if resolution not in RESOLUTIONS and str(resolution) not in map(str, RESOLUTIONS):
+            raise CodecError(f"perco: resolution must be 512 or native, got {resolution!r}")
+        self.resolution = "native" if str(resolution) == "native" else 512
         self.caption_source, self.steps, self.guidance_scale = caption, steps, float(guidance_scale)
         self.random_size, self.vq_distance, self.encoder_latent = random_size, vq_distance, encoder_latent
         self.blip2, self.captioner_under_random = blip2, bool(captioner_under_random)
@@ -233,7 +244,9 @@ class PerCo(TorchCodec):
         """Base fingerprint plus the coding resolution (so every row records the resize) and, under
         pretrained weights, the pipeline folder's file hashes (and the captioner's name)."""
         fp = super().fingerprint(point)
-        fp["coded_at"] = f"{CODED}x{CODED} (input resized, PIL bicubic; output resized back, bicubic)"
+        fp["coded_at"] = (f"{CODED}x{CODED} (input resized, PIL bicubic; output resized back, bicubic)"
+                          if self.resolution == CODED else
+                          f"native (edge-padded to a multiple of {NATIVE_MULTIPLE}; output cropped)")
         if self.init == "pretrained" and canonical_point(point) is not None:
             folder, files = self._folder_files(point)
             fp["weights"] = {"folder_digest": self.model_id(point),
@@ -245,7 +258,8 @@ class PerCo(TorchCodec):
     def provenance(self) -> dict[str, Any]:
         prov = super().provenance()
         prov["resize"] = (f"input resized to {CODED}x{CODED} (PIL bicubic) before coding; decoded at {CODED}x{CODED}, "
-                          "resized back to the input's HxW (bicubic, antialiased)")
+                          "resized back to the input's HxW (bicubic, antialiased)" if self.resolution == CODED else
+                          f"native resolution, edge-padded to a multiple of {NATIVE_MULTIPLE}, cropped on decode")
         prov["caption"] = self.effective_caption_source
         prov["sampler"] = {"scheduler": "DDIM eta=0", "steps": self.steps, "guidance_scale": self.guidance_scale,
                            "guidance_on": "text only"}
@@ -341,31 +355,52 @@ class PerCo(TorchCodec):
         h, w = rgb.shape[:2]
         small = self.resize_to_coded(rgb)
         caption = self.caption_for(small, captions)
+        if self.resolution == CODED:
+            coded, mode = small, MODE_RESIZED
+        else:
+            coded, mode = np.pad(rgb, ((0, -h % NATIVE_MULTIPLE), (0, -w % NATIVE_MULTIPLE), (0, 0)), mode="edge"), \
+                MODE_NATIVE
+        ch, cw = coded.shape[:2]
         with torch.inference_mode():
-            x = torch.from_numpy(small.copy()).to(self.device).permute(2, 0, 1)[None].float().div(127.5).sub(1)
+            x = torch.from_numpy(coded.copy()).to(self.device).permute(2, 0, 1)[None].float().div(127.5).sub(1)
             vae_dtype = next(model.vae.parameters()).dtype
             dist = model.vae.encode(x.to(vae_dtype)).latent_dist
             lat = dist.sample(generator=self.generator(seed)) if self.encoder_latent == "sample" else dist.mode()
             idx = model.hyper_enc.encode(lat.float() * model.scaling_factor)[0].cpu().numpy()
-        g = model.grid
-        if idx.shape != (g, g):
-            raise CodecError(f"{self.name}: the hyper-encoder gave a {idx.shape} index map, expected {(g, g)}")
+        grid = self.grid_shape(model, ch, cw)
+        if idx.shape != grid:
+            raise CodecError(f"{self.name}: the hyper-encoder gave a {idx.shape} index map, expected {grid}")
         sections = (Section("z", pack_indices(idx, index_bits(model.codebook_size))),
                     Section("caption", compress_caption(caption), side=True))
-        return Container(self.container_id, key, (h, w, CODED, CODED, g, g), self.model_id(key), sections).pack()
+        return Container(self.container_id, key, (h, w, ch, cw, *grid, mode), self.model_id(key), sections).pack()
+
+    @staticmethod
+    def grid_shape(model: Any, ch: int, cw: int) -> tuple[int, int]:
+        """Index-map shape of a coded ch x cw image (the grid side at 512 x 512 scales with the size)."""
+        per_cell = CODED // model.grid  # pixels per index-map cell
+        return ch // per_cell, cw // per_cell
 
     def parse(self, container: Container, model: Any) -> tuple[np.ndarray, str]:
         """The index map (g, g) and the caption of a container; ContainerError when malformed."""
         names = [s.name for s in container.sections]
-        g = model.grid
-        if names != ["z", "caption"] or len(container.dims) != 6 or tuple(container.dims[2:]) != (CODED, CODED, g, g):
-            raise ContainerError(f"{self.name}: a PerCo container has sections ['z', 'caption'] and dims "
-                                 f"(H, W, {CODED}, {CODED}, {g}, {g}); these bytes have {names} and {container.dims}")
-        idx = unpack_indices(container.section("z"), g * g, index_bits(model.codebook_size))
+        dims = tuple(container.dims)
+        ok = names == ["z", "caption"] and len(dims) == 7
+        if ok:
+            h, w, ch, cw, gh, gw, mode = dims
+            expected = ((CODED, CODED) if mode == MODE_RESIZED else
+                        (h + -h % NATIVE_MULTIPLE, w + -w % NATIVE_MULTIPLE) if mode == MODE_NATIVE else None)
+            ok = (ch, cw) == expected and (gh, gw) == self.grid_shape(model, ch, cw)
+        if not ok:
+            raise ContainerError(f"{self.name}: a PerCo container has sections ['z', 'caption'] and dims (H, W, coded H, "
+                                 f"coded W, grid H, grid W, mode) consistent with a {model.grid}x{model.grid} grid at "
+                                 f"{CODED}x{CODED} (mode 0: resized to {CODED}x{CODED}; 1: native, padded to "
+                                 f"{NATIVE_MULTIPLE}); these bytes have {names} and dims {dims}")
+        g = (gh, gw)
+        idx = unpack_indices(container.section("z"), gh * gw, index_bits(model.codebook_size))
         if idx.size and idx.max() >= model.codebook_size:
             raise ContainerError(f"{self.name}: index {int(idx.max())} in the bytes exceeds the codebook "
                                  f"({model.codebook_size} codes)")
-        return idx.reshape(g, g), decompress_caption(container.section("caption"))
+        return idx.reshape(g), decompress_caption(container.section("caption"))
 
     def decode_tensors(self, model, containers, generators):
         """One sampling run for the batch; returns (B, 3, H, W) in [0, 1] at the original size."""
@@ -377,12 +412,13 @@ class PerCo(TorchCodec):
         parsed = [self.parse(c, model) for c in containers]
         idx = torch.from_numpy(np.stack([p[0] for p in parsed])).to(self.device)
         feats = model.hyper_enc.decode(idx)
-        side = CODED // model.vae_factor
-        noise = self.batch_noise((4, side, side), generators)
+        h, w, ch, cw, _, _, mode = containers[0].dims  # decode_batch groups containers by dims
+        noise = self.batch_noise((4, ch // model.vae_factor, cw // model.vae_factor), generators)
         images = sample(model, feats, [p[1] for p in parsed], noise, self.steps_for(containers[0].point),
                         self.guidance_scale, self.torch_dtype)
-        h, w = containers[0].dims[:2]
-        if (h, w) != (CODED, CODED):
+        if mode == MODE_NATIVE:
+            return images[:, :, :h, :w].clamp_(0, 1)
+        if (h, w) != (ch, cw):
             images = F.interpolate(images, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
         return images.clamp_(0, 1)
 
