@@ -257,7 +257,8 @@ def _code_unit(task: UnitTask, settings: CodecSettings) -> tuple[dict, np.ndarra
     try:
         encoder = _codec(task.card, settings, "encode")
         t0 = time.perf_counter()
-        data = encoder.encode(task.rgb, task.point, task.seed)
+        extra = {"captions": list(task.captions)} if getattr(encoder, "uses_captions", False) else {}
+        data = encoder.encode(task.rgb, task.point, task.seed, **extra)
         enc_s = time.perf_counter() - t0
         if not isinstance(data, (bytes, bytearray)):
             raise CodecError(f"encode returned {type(data).__name__}, not bytes")
