@@ -399,7 +399,8 @@ class _Planner:
     def task(self, item: Item, sha: str, plan: CodecPlan, point: Any, seed: int,
              metrics: list[str]) -> UnitTask | None:
         pt = point_str(point)
-        key = unit_key(sha, plan, pt, seed)
+        captions = self.loader.annotations_fingerprint() if getattr(plan.codec, "uses_captions", False) else None
+        key = unit_key(sha, plan, pt, seed, captions)
         self.keys[(plan.card.name, pt, seed, item.id)] = key
         done = self.store.unit_done(key)
         have = self.store.metric_versions(key) if done else {}
@@ -411,11 +412,14 @@ class _Planner:
                         self.store.recon_path(key) if done else None, fingerprint=plan.fingerprints[pt])
 
 
-def unit_key(image_sha256: str, plan: CodecPlan, point: str, seed: int) -> str:
-    """The resume key of one unit: everything that can change its bytes or pixels."""
+def unit_key(image_sha256: str, plan: CodecPlan, point: str, seed: int, annotations: dict | None = None) -> str:
+    """The resume key of one unit: everything that can change its bytes or pixels, including,
+    for codecs that code the dataset's captions (``uses_captions``), the identity of the
+    annotation files they come from (``annotations``)."""
+    extra = {} if annotations is None else {"annotations": annotations}
     return content_key(image=image_sha256, card=plan.card.result_hash,
                        adapter=f"{plan.card.target}:{plan.adapter.version}", point=point, seed=seed,
-                       fingerprint=plan.fingerprints[point], weights=plan.codec.weights)
+                       fingerprint=plan.fingerprints[point], weights=plan.codec.weights, **extra)
 
 
 def run(exp: Experiment, progress: Callable[[str, int, int], None] | None = None) -> RunResult:

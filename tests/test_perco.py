@@ -451,3 +451,31 @@ def test_encoder_latent_sample_draws_with_the_encode_seed():
     assert codec.encode(rgb, 0.125, seed=4) == PerCo(**FAST, encoder_latent="sample").encode(rgb, 0.125, seed=4)
     mode = PerCo(**FAST)
     assert mode.encode(rgb, 0.125, seed=0) == mode.encode(rgb, 0.125, seed=9)  # the mean: no seed in the bytes
+
+
+def test_changed_captions_recompute_caption_coding_units_only(coco_mini_dir, tmp_path, cache):
+    """A unit that codes the dataset's caption is keyed by the caption file too; others are not."""
+    import shutil
+
+    from bench.runner import Experiment, run
+
+    import yaml
+
+    from bench import cards
+
+    data = tmp_path / "coco"
+    shutil.copytree(coco_mini_dir, data)
+    body = {k: v for k, v in cards.get("dataset", "coco-mini").body.items() if k != "annotation_sha256"}
+    card = tmp_path / "coco-own.yaml"  # a user's COCO-style set: its caption file is not pinned by the card
+    card.write_text(yaml.safe_dump({**body, "name": "coco-own"}))
+    exp = Experiment(dataset=str(card), data_dir=str(data), metrics=["psnr"], init="random",
+                     out=str(tmp_path / "r"), limit=1,
+                     codecs=[{"name": "perco", "points": [0.1250]}, {"name": "jpeg", "points": [50]}])
+    assert run(exp).units_coded == 2
+    assert run(exp).units_coded == 0
+    captions = data / "captions_val2017_subset.json"
+    doc = json.loads(captions.read_text())
+    doc["annotations"][0]["caption"] = "a different caption"
+    captions.write_text(json.dumps(doc))
+    again = run(exp)
+    assert again.units_coded == 1 and again.units_skipped == 1  # perco recomputed, jpeg reused
