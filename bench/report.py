@@ -40,7 +40,8 @@ from bench.store import StoreError, read_table
 CROP = 128
 CI_NOTE = ("± is the half-width of a 95 % interval of the mean over images: Student t, "
            "t(0.975, n−1)·sd/√n (none for n = 1).")
-_UNIT_ERROR = re.compile(r"^(?P<codec>.+?) @ (?P<point>\S+) on (?P<image>\S+?): (?P<error>.*)$", re.S)
+# runner's unit errors: "<codec> @ <point> on <image id>: <error>"
+_UNIT_ERROR = re.compile(r"^(?P<codec>[^@]+?) @ (?P<point>.+?) on (?P<image>[^\s:]+): (?P<error>.*)$", re.S)
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;
@@ -441,6 +442,11 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, images: int
     """Write the report to ``out`` (default ``RUN/report.html``) atomically; returns its path."""
     from bench.store import atomic_write_bytes
 
+    import os
+
     path = Path(out) if out else Path(run_dir) / "report.html"
     atomic_write_bytes(path, build_report(run_dir, images).encode("utf-8"))
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)  # a page to share: readable as any new file, not the temp file's 0600
     return path
