@@ -216,55 +216,47 @@ def points_section(per_image, per_set) -> str:
         "stored bitstream / (H·W), mean over images.</p>"
 
 
-def bdrate_section(per_image) -> str | None:
-    """The BD-rate table when ``bench.bdrate`` exists (None otherwise: no section at all)."""
+def bdrate_section(run: Path, codecs: list[str], anchor: str | None = None) -> str | None:
+    """BD-rate / BD-metric of every codec against ``anchor`` (default: jpeg if in the run, else the
+    first codec) from ``bench.bdrate.compare_run`` with its defaults; None when ``bench.bdrate`` does not import (then the page has no such section)."""
+    import importlib
+
     try:
-        from bench import bdrate
+        bdrate = importlib.import_module("bench.bdrate")
     except ImportError:
         return None
-    needed = ("image_matrix", "bootstrap_bd", "BDError")
-    missing = [n for n in needed if not hasattr(bdrate, n)]
-    if missing:
-        return f'<p class="err">bench.bdrate lacks {e(", ".join(missing))}: no BD-rate table.</p>'
+    if not hasattr(bdrate, "compare_run"):
+        return '<p class="err">bench.bdrate has no compare_run here: no BD-rate table.</p>'
+    if len(codecs) < 2:
+        return "<p>BD-rate needs at least two codecs in the run.</p>"
     from bench.figures import y_label
 
-    df = per_image[per_image["weights"].fillna("none") != "random"]
-    codecs = sorted(df["codec"].unique())
-    if len(codecs) < 2:
-        return "<p>BD-rate needs at least two codecs with results (random-weight rows are left out).</p>"
-    anchor = "jpeg" if "jpeg" in codecs else codecs[0]
-    rows = []
-    for metric in sorted(df["metric"].unique()):
-        spec = _spec(metric)
-        higher = getattr(spec, "higher_better", None)
-        if higher is None:
+    anchor = anchor or ("jpeg" if "jpeg" in codecs else codecs[0])
+    try:
+        rows = bdrate.compare_run(run, anchor=anchor)
+    except (bdrate.BDError, ValueError) as exc:
+        return f'<p class="err">no BD-rate: {e(exc)}</p>'
+
+    def ci(pair, fmt):
+        return "" if pair is None else f" [{pair[0]:{fmt}}, {pair[1]:{fmt}}]"
+
+    body = []
+    for r in rows:
+        label = y_label(r.metric, _spec(r.metric))
+        if r.result is None:
+            body.append([e(label), e(anchor), e(r.codec), "", "", f'<span class="err">{e(r.error)}</span>'])
             continue
-        try:
-            ids, _, bpp, val = bdrate.image_matrix(df, anchor, metric)
-            a = (anchor, ids, bpp, val)
-        except bdrate.BDError as exc:
-            rows.append([e(y_label(metric, spec)), e(anchor), "", f'<span class="err">{e(exc)}</span>', "", ""])
-            continue
-        for codec in codecs:
-            if codec == anchor:
-                continue
-            try:
-                ids, _, bpp, val = bdrate.image_matrix(df, codec, metric)
-                res = bdrate.bootstrap_bd(a, (codec, ids, bpp, val), higher_better=bool(higher), n_resamples=200)
-            except bdrate.BDError as exc:
-                rows.append([e(y_label(metric, spec)), e(anchor), e(codec), f'<span class="err">{e(exc)}</span>',
-                             "", ""])
-                continue
-            est = res.estimate
-            rows.append([e(y_label(metric, spec)), e(anchor), e(codec),
-                         f"{est.bd_rate:+.2f} % [{res.rate_ci[0]:+.2f}, {res.rate_ci[1]:+.2f}]",
-                         f"{est.bd_metric:+.4f} [{res.metric_ci[0]:+.4f}, {res.metric_ci[1]:+.4f}]",
-                         e(f"{res.n_images} images, {res.n_valid}/{res.n_resamples} resamples, {est.method}"
-                           + ("; " + "; ".join(res.notes) if res.notes else ""))])
-    return _table(["metric", "anchor", "test", "BD-rate (95 % bootstrap)", "BD-metric (95 % bootstrap)", "basis"],
-                  rows, left=3, raw=True) + \
-        '<p class="note">BD-rate: negative = the test codec needs fewer bits than the anchor at equal quality. ' \
-        "BD-metric: test minus anchor at equal rate. Intervals: percentile bootstrap over images.</p>"
+        level = f"{r.ci.level:.0%} bootstrap over {r.ci.n_images} images, {r.ci.n_valid}/{r.ci.n_resamples} " \
+                "resamples" if r.ci else ""
+        body.append([e(label), e(anchor), e(r.codec),
+                     e(f"{r.result.bd_rate:+.2f} %" + ci(r.ci and r.ci.rate_ci, "+.2f")),
+                     e(f"{r.result.bd_metric:+.4f}" + ci(r.ci and r.ci.metric_ci, "+.4f")),
+                     e("; ".join(x for x in (r.result.method, level, r.note) if x))])
+    return _table(["metric", "anchor", "test", "BD-rate [interval]", "BD-metric [interval]", "basis"], body,
+                  left=3, raw=True) + \
+        '<p class="note">BD-rate: negative = the test codec needs fewer bits than the anchor for the same quality. ' \
+        "BD-metric: test minus anchor at equal rate, in the metric's units. Computed by " \
+        "<code>bench.bdrate.compare_run</code> with its defaults.</p>"
 
 
 def crops_section(run: Path, per_image, units: dict, originals: dict, images: int, size: int = CROP) -> str:
@@ -399,9 +391,9 @@ def _weights_of(fingerprint: str) -> dict:
 
 
 # ---------------------------------------------------------------------------- the page
-def build_report(run_dir: str | Path, images: int = 2, crop: int = CROP) -> str:
-    """The HTML text of ``run_dir``'s report (see the module doc); raises ReportError for a directory
-    without the run's tables."""
+def build_report(run_dir: str | Path, images: int = 2, crop: int = CROP, anchor: str | None = None) -> str:
+    """The HTML text of ``run_dir``'s report (see the module doc; ``anchor``: the BD-rate anchor codec);
+    raises ReportError for a directory without the run's tables."""
     run = Path(run_dir)
     try:
         per_image, per_set = read_table(run, "per_image"), read_table(run, "per_set")
@@ -420,7 +412,7 @@ def build_report(run_dir: str | Path, images: int = 2, crop: int = CROP) -> str:
     title = f"bench report: {run.resolve().name} ({datasets})"
     sections = [("plots", "Rate–quality plots", plots_section(run)),
                 ("points", "Per-point results", points_section(per_image, per_set))]
-    bd = bdrate_section(per_image)
+    bd = bdrate_section(run, sorted(per_image["codec"].unique()), anchor)
     if bd is not None:
         sections.append(("bdrate", "BD-rate", bd))
     sections += [("crops", "Reconstructions (centre crops)", crops_section(run, per_image, units, originals, images,

@@ -198,6 +198,17 @@ def test_provenance_names_versions_device_and_codecs(page):
     assert set(metrics) == set(METRICS)
 
 
+def test_bdrate_section_when_the_module_exists(page):
+    """With bench.bdrate (another branch), one row per metric for webp against the anchor jpeg, each
+    with a value; without it, no section at all (no placeholder claiming results)."""
+    if importlib.util.find_spec("bench.bdrate") is None:
+        assert "bdrate" not in page.sections
+        return
+    rows = page.table("bdrate")
+    assert [(r["anchor"], r["test"]) for r in rows] == [("jpeg", "webp")] * len(METRICS)
+    assert all(r["BD-rate [interval]"].endswith("]") and "%" in r["BD-rate [interval]"] for r in rows), rows
+
+
 def test_no_bdrate_section_without_the_module(run_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "bench.bdrate", None)  # import raises ImportError
     assert "bdrate" not in Page(build_report(run_dir, images=0)).order
