@@ -30,8 +30,9 @@ import json
 import math
 import re
 import sqlite3
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,7 @@ CROP = 128
 CI_NOTE = ("± is the half-width of a 95 % interval of the mean over images: Student t, "
            "t(0.975, n−1)·sd/√n (none for n = 1).")
 # runner's unit errors: "<codec> @ <point> on <image id>: <error>"
-_UNIT_ERROR = re.compile(r"^(?P<codec>[^@]+?) @ (?P<point>.+?) on (?P<image>[^\s:]+): (?P<error>.*)$", re.S)
+_UNIT_ERROR = re.compile(r"^(?P<codec>[^@]+?) @ (?P<point>.+?) on (?P<image>[^\s:]+): (?P<error>.*)$", re.DOTALL)
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;
@@ -91,7 +92,7 @@ def centre_crop(rgb: np.ndarray, size: int = CROP) -> np.ndarray:
 def _table(headers: list[str], rows: Iterable[list[str]], left: int = 1, raw: bool = False) -> str:
     """An HTML table; cells are escaped unless ``raw`` (then the caller escaped them); the first
     ``left`` columns are left-aligned."""
-    cls = lambda i: ' class="t"' if i < left else ""  # noqa: E731
+    cls = lambda i: ' class="t"' if i < left else ""
     out = ["<table><thead><tr>", *(f"<th{cls(i)}>{e(h)}</th>" for i, h in enumerate(headers)), "</tr></thead><tbody>"]
     for row in rows:
         out.append("<tr>" + "".join(f"<td{cls(i)}>{c if raw else e(c)}</td>" for i, c in enumerate(row)) + "</tr>")
@@ -319,8 +320,9 @@ def failures_section(manifest: dict) -> str:
     problems = (last.get("summary") or {}).get("problems") or []
     notes = [p for p in problems if p.startswith("note:")]
     errors = [p for p in problems if not p.startswith("note:")]
-    parts = [f'<p>From the last invocation ({e(last.get("finished") or last.get("time"))}; '
-             f"{len(invocations)} invocation(s) in all): {len(errors)} problem(s).</p>"]
+    when = e(last.get("finished") or last.get("time"))
+    intro = f"<p>From the last invocation ({when}; {len(invocations)} invocation(s) in all): {len(errors)} problem(s).</p>"
+    parts = [intro]
     units, other = [], []
     for p in errors:
         m = _UNIT_ERROR.match(p)
@@ -432,9 +434,9 @@ def build_report(run_dir: str | Path, images: int = 2, crop: int = CROP, anchor:
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, images: int = 2) -> Path:
     """Write the report to ``out`` (default ``RUN/report.html``) atomically; returns its path."""
-    from bench.store import atomic_write_bytes
-
     import os
+
+    from bench.store import atomic_write_bytes
 
     path = Path(out) if out else Path(run_dir) / "report.html"
     atomic_write_bytes(path, build_report(run_dir, images).encode("utf-8"))

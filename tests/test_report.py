@@ -184,8 +184,9 @@ def test_crops_are_the_same_centre_region_of_original_and_reconstructions(page, 
 
 
 def test_provenance_names_versions_device_and_codecs(page):
-    import bench
     import PIL
+
+    import bench
 
     run = {r[""]: r["value"] for r in page.table("provenance", "")}
     assert run["bench"] == bench.__version__ and run["device"] == "cpu" and run["dtype"] == "float32"
@@ -273,7 +274,7 @@ def test_page_in_headless_chromium(report, page, tmp_path):
     assert all(i["w"] == CROP for i in images if i["cls"] == "crop")
     rgb = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     for box in boxes:  # each plot as painted: mostly white, with axes and both codecs' lines in matplotlib's colours
-        x, y, w, h = (int(round(box[k])) for k in ("x", "y", "width", "height"))
+        x, y, w, h = (round(box[k]) for k in ("x", "y", "width", "height"))
         area = rgb[y:y + h, x:x + w]
         assert area.shape[0] > 200 and area.shape[1] > 300
         non_white = (area.min(axis=2) < 230).mean()
