@@ -213,8 +213,11 @@ def points_section(per_image, per_set) -> str:
             cell = f"{mean:.4f}" + (f" ± {half:.4f}" if half is not None else "")
             cells.append(cell + (f" (n={n})" if n != r["n"] else ""))
         body.append(cells)
-    return _table(headers, body, left=4, raw=True) + f'<p class="note">{e(CI_NOTE)} Rate: bpp = 8·bytes of the ' \
-        "stored bitstream / (H·W), mean over images.</p>"
+    random = sorted({r["codec"] for r in rows if r["weights"] == "random"})
+    warn = (f'<p class="err">Rows with weights = random ({e(", ".join(random))}) are smoke tests of learned '
+            "codecs with seeded random weights, not results.</p>") if random else ""
+    return warn + _table(headers, body, left=4, raw=True) + f'<p class="note">{e(CI_NOTE)} Rate: bpp = 8·bytes ' \
+        "of the stored bitstream / (H·W), mean over images.</p>"
 
 
 def bdrate_section(run: Path, codecs: list[str], anchor: str | None = None) -> str | None:
@@ -369,12 +372,12 @@ def provenance_section(manifest: dict, units: dict) -> str:
             codec_rows.append([name, key, value])
     if codec_rows:
         parts += ["<h3>Codecs</h3>", _table(["codec", "field", "value"], codec_rows, left=3)]
-    weight_rows = sorted({(u["codec"], wid, (w or {}).get("sha256") or "")
-                          for u in units.values() if u.get("fingerprint")
-                          for wid, w in (_weights_of(u["fingerprint"])).items()})
+    weight_rows = sorted({row for u in units.values() if u.get("fingerprint")
+                          for row in _weight_rows(u["codec"], u["point"], u["fingerprint"])})
     if weight_rows:
-        parts += ["<h3>Codec weight files used by the stored units</h3>",
-                  _table(["codec", "weights", "sha256"], [list(r) for r in weight_rows], left=3)]
+        parts += ["<h3>Codec weights used by the stored units</h3>",
+                  _table(["codec", "point", "weights", "sha256 (random init: seed)"], [list(r) for r in weight_rows],
+                         left=4)]
     metrics = last.get("metrics") or {}
     if metrics:
         parts += ["<h3>Metrics</h3>", _table(["metric", "version"], sorted(metrics.items()), left=2)]
@@ -383,13 +386,19 @@ def provenance_section(manifest: dict, units: dict) -> str:
     return "".join(parts)
 
 
-def _weights_of(fingerprint: str) -> dict:
-    """``{weight id: {"sha256": ...}}`` from a unit's fingerprint JSON (learned codecs); {} otherwise."""
+def _weight_rows(codec: str, point: str, fingerprint: str) -> list[tuple[str, str, str, str]]:
+    """(codec, point, weight file id or "random init", its sha256 or seed) from a unit's fingerprint
+    JSON (learned codecs: ``{"weights": {id: {"sha256": ...}}}`` or ``{"init": "random", "seed": n}``)."""
     try:
         w = (json.loads(fingerprint) or {}).get("weights")
     except (ValueError, AttributeError):
-        return {}
-    return {k: v if isinstance(v, dict) else {"sha256": str(v)} for k, v in w.items()} if isinstance(w, dict) else {}
+        return []
+    if not isinstance(w, dict):
+        return []
+    if w.get("init") == "random":
+        return [(codec, point, "random init (smoke test, not results)", str(w.get("seed")))]
+    return [(codec, point, str(k), str((v or {}).get("sha256") or "file absent") if isinstance(v, dict) else str(v))
+            for k, v in w.items()]
 
 
 # ---------------------------------------------------------------------------- the page

@@ -282,3 +282,15 @@ def test_page_in_headless_chromium(report, page, tmp_path):
         for colour in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)):  # C0 (jpeg), C1 (webp)
             near = (np.abs(area - np.array(colour)).max(axis=2) < 40).sum()
             assert near > 50, (colour, near)
+
+
+def test_weight_rows_from_learned_codec_fingerprints():
+    """The shapes bench.codecs.torch_base.fingerprint writes: weight files with their sha256, or a random init's seed."""
+    from bench.report import _weight_rows
+
+    files = '{"libraries": {"torch": "2"}, "weights": {"bmshj-1": {"expected": "ab", "sha256": "abcd"}, ' \
+            '"bmshj-1b": {"expected": "cd", "sha256": null}}}'
+    assert _weight_rows("b", "1", files) == [("b", "1", "bmshj-1", "abcd"), ("b", "1", "bmshj-1b", "file absent")]
+    assert _weight_rows("b", "2", '{"weights": {"init": "random", "seed": 7}}') == \
+        [("b", "2", "random init (smoke test, not results)", "7")]
+    assert _weight_rows("jpeg", "50", '{"pillow": "13"}') == []
