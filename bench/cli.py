@@ -489,6 +489,20 @@ def datasets_check(name: str = typer.Argument(..., help="Dataset card name or pa
         raise typer.Exit(1)
 
 
+@app.command("report")
+def report_cmd(run_dir: Path = typer.Argument(..., help="A run directory."),
+               out: Optional[Path] = typer.Option(None, help="HTML file to write [default: RUN/report.html]."),
+               images: int = typer.Option(2, help="Images shown as reconstruction crops (0: none).")):
+    """Write one self-contained HTML page: plots, per-point table, crops, failures, provenance."""
+    from bench.report import ReportError, write_report
+
+    try:
+        path = write_report(run_dir, out, images)
+    except (ReportError, OSError) as exc:
+        _fail(str(exc))
+    console.print(str(path), highlight=False, soft_wrap=True)
+
+
 @app.command("doctor")
 def doctor_cmd(
     need: Optional[str] = typer.Option(None, help="Comma list that must all be present, else exit 1: PROGRAM, "
