@@ -488,6 +488,52 @@ def datasets_check(name: str = typer.Argument(..., help="Dataset card name or pa
         raise typer.Exit(1)
 
 
+@app.command("bdrate")
+def bdrate_cmd(
+    run_dir: Path = typer.Argument(..., help="A run directory."),
+    anchor: Optional[str] = typer.Option(None, help="Anchor codec of the run (every other codec is compared "
+                                         "with it)."),
+    reference: Optional[str] = typer.Option(None, help="A published curve (bench.reference name, e.g. "
+                                            "compressai-bpg) as anchor instead; no confidence interval then."),
+    metric: Optional[list[str]] = typer.Option(None, "--metric", help="Metric (repeatable or comma list).",
+                                               show_default="every metric of the run"),
+    method: str = typer.Option("pchip", help="Interpolation: pchip, akima or cubic (VCEG-M33)."),
+    bootstrap: int = typer.Option(1000, help="Bootstrap resamples over images for the 95 % interval (0: none)."),
+    seed: int = typer.Option(0, help="Seed of the bootstrap resampling."),
+):
+    """BD-rate (% rate at equal quality) and BD-metric (quality at equal rate) against an anchor, with a
+    paired bootstrap 95 % interval over images."""
+    from rich.table import Table
+
+    from bench import bdrate
+
+    metrics = [m for item in metric or [] for m in _split(item) or []]
+    try:
+        rows = bdrate.compare_run(run_dir, anchor=anchor, reference=reference, metrics=metrics or None,
+                                  method=method, n_resamples=bootstrap, seed=seed)
+    except (bdrate.BDError, OSError) as exc:
+        _fail(str(exc))
+    table = Table(title=f"BD vs {anchor or reference + ' (published)'} — {method}"
+                  + (f", {bootstrap} bootstrap resamples, seed {seed}" if anchor and bootstrap else ""))
+    for col in ("codec", "metric", "BD-rate %", "95 % CI", "BD-metric", "95 % CI ", "note"):
+        table.add_column(col, justify="right" if "BD" in col or "CI" in col else "left")
+    for r in rows:
+        arrow = "" if r.higher_better is None else (" ↑" if r.higher_better else " ↓")
+        if r.result is None:
+            table.add_row(r.codec, r.metric + arrow, "—", "", "—", "", f"[red]refused:[/] {r.error}")
+            continue
+        ci = r.ci if r.ci is not None and r.ci.n_valid else None
+        table.add_row(r.codec, r.metric + arrow, f"{r.result.bd_rate:+.2f}",
+                      f"[{ci.rate_ci[0]:+.2f}, {ci.rate_ci[1]:+.2f}]" if ci else "n/a",
+                      f"{r.result.bd_metric:+.4g}",
+                      f"[{ci.metric_ci[0]:+.4g}, {ci.metric_ci[1]:+.4g}]" if ci else "n/a", r.note)
+    console.print(table)
+    console.print("BD-rate < 0: the codec needs fewer bits than the anchor for equal quality. BD-metric: codec − "
+                  "anchor at equal rate (↑ metric: > 0 is better; ↓ metric: < 0 is better).", highlight=False)
+    if any(r.result is None for r in rows):
+        raise typer.Exit(1)
+
+
 @app.command("doctor")
 def doctor_cmd(
     need: Optional[str] = typer.Option(None, help="Comma list that must all be present, else exit 1: PROGRAM, "
