@@ -534,6 +534,60 @@ def bdrate_cmd(
         raise typer.Exit(1)
 
 
+@app.command("regress")
+def regress_cmd(
+    run_dir: Path = typer.Argument(..., help="A run directory."),
+    golden: Path = typer.Option(..., help="Golden CSV (per image or per point) or a folder of <dataset>_*.csv, "
+                                "e.g. results/golden."),
+    tolerance: Optional[list[str]] = typer.Option(None, "--tolerance", help="METRIC=rel:1e-4[,abs:1e-6] (also bits=, "
+                                                  "bpp=, mean_bpp=); repeatable.",
+                                                  show_default="bits exact, bpp rel 1e-8, values rel 1e-4 or abs 1e-6"),
+    allow_new: bool = typer.Option(False, help="Rows missing from the golden are listed but do not fail."),
+    update: bool = typer.Option(False, "--update", help="Rewrite the golden rows of this run's codecs, points and "
+                                "metrics with its values (on purpose: say why in the commit)."),
+    show: int = typer.Option(30, help="At most this many moved values in the table."),
+):
+    """Compare a run with golden values point by point (exit 1 when something moved beyond its tolerance)."""
+    from rich.table import Table
+
+    from bench import regress
+
+    try:
+        if update:
+            for line in regress.update(run_dir, golden):
+                console.print(line, highlight=False)
+            return
+        report = regress.compare(run_dir, golden, regress.parse_tolerance(tolerance or []), allow_new)
+    except (regress.RegressError, OSError) as exc:
+        _fail(str(exc))
+    moved = report.moved
+    table = Table(title=f"{run_dir} vs {golden}: {len(moved)} of {report.compared} compared values moved")
+    for col in ("level", "codec", "point", "image", "metric", "quantity", "run", "golden", "change", "tolerance",
+                "verdict"):
+        table.add_column(col, justify="right" if col in ("run", "golden", "change") else "left")
+    for where, d in moved[:show]:
+        k = d.key
+        if d.quantity == "row":
+            table.add_row(where, k["codec"], str(k["point"]), k.get("image_id", ""), k["metric"], "", "", "", "",
+                          "", "[yellow]new[/]" if allow_new else "[red]not in golden[/]")
+            continue
+        change = d.value - d.golden
+        rel = f" ({change / d.golden:+.2%})" if d.golden else ""
+        tol = ", ".join(f"{a} {v:g}" for a, v in d.tolerance.items()) or "exact"
+        table.add_row(where, k["codec"], str(k["point"]), k.get("image_id", ""), k["metric"], d.quantity,
+                      f"{d.value:.6g}", f"{d.golden:.6g}", f"{change:+.3g}{rel}", tol,
+                      "ok" if d.ok else "[red]REGRESSION[/]")
+    if moved:
+        console.print(table)
+    for note in report.notes:
+        err.print(f"note: {note}", style="yellow", highlight=False, markup=False, soft_wrap=True)
+    failures = report.failures
+    console.print(f"{report.compared} values compared, {len(moved)} moved, {len(failures)} beyond tolerance"
+                  + (f" (table shows {show})" if len(moved) > show else ""), highlight=False)
+    if failures or report.compared == 0:
+        raise typer.Exit(1)
+
+
 @app.command("doctor")
 def doctor_cmd(
     need: Optional[str] = typer.Option(None, help="Comma list that must all be present, else exit 1: PROGRAM, "
