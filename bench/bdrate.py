@@ -337,7 +337,8 @@ def compare_run(run_dir, anchor: str | None = None, reference: str | None = None
                     row.note = "no CI: the anchor is a published curve (per-image values unknown)"
                     n_run = int(per_set[(per_set["codec"] == codec) & (per_set["metric"] == metric)]["n_images"].min())
                     if n_run != int(ref.meta["n_images"]):
-                        row.note += f"; the run's means are over {n_run} images, the published over {ref.meta['n_images']}"
+                        row.note += (f"; the run's means are over {n_run} images, the published over "
+                                     f"{ref.meta['n_images']}")
                 elif per_image_metric:
                     row.ci = bootstrap_bd((anchor, *image_matrix(per_image, anchor, metric)),
                                           (codec, *image_matrix(per_image, codec, metric)), method, hb,

@@ -105,9 +105,9 @@ def within(value: float, golden: float, tolerance: dict) -> bool:
 def diff_rows(df, golden, keys: list[str], quantities: dict[str, dict], widen=None) -> list[Diff]:
     """Every row of ``df`` matched to ``golden`` on ``keys``; per row, each column of ``quantities``
     (column -> tolerance, ``{}`` for exact) compared; ``widen(row, quantity, tolerance)``, if given,
-    returns the tolerance for one row (e.g. wider for a stochastic codec's seed spread). Rows of ``df`` missing in ``golden`` give one
-    Diff with quantity ``"row"`` and ``ok=False``; golden rows absent from ``df`` are not looked at
-    (a run may recompute a subset)."""
+    returns the tolerance for one row (e.g. wider for a stochastic codec's seed spread). Rows of
+    ``df`` missing in ``golden`` give one Diff with quantity ``"row"`` and ``ok=False``; golden rows
+    absent from ``df`` are not looked at (a run may recompute a subset)."""
     merged = df.astype({"point": str}).merge(golden.astype({"point": str}), on=keys, how="left",
                                              suffixes=("", "_golden"), indicator=True)
     diffs = []

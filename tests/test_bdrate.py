@@ -84,8 +84,9 @@ def _per_image(n_images: int, codecs: dict[str, tuple[float, float]], seed: int 
             for i in range(n_images):
                 bpp = r * k[i] * rate_factor * rng.lognormal(0, 0.03)
                 q = 24 + 6 * np.log2(r / 0.1) ** 0.8 + dq + rng.normal(0, 0.3)
-                rows.append(dict(dataset="synthetic", image_id=f"img{i:03d}", codec=codec, point=str(p), seed=0,
-                                 bpp=bpp, bits=int(bpp * 1000), metric=metric, value=q, weights="none"))
+                rows.append({"dataset": "synthetic", "image_id": f"img{i:03d}", "codec": codec, "point": str(p),
+                             "seed": 0,
+                                 "bpp": bpp, "bits": int(bpp * 1000), "metric": metric, "value": q, "weights": "none"})
     return pd.DataFrame(rows)
 
 
@@ -170,8 +171,9 @@ def test_reference_anchor_has_no_ci(tmp_path):
     ref = reference.load("compressai-bpg")
     pts = sorted(ref.rows.values(), key=lambda v: v["bpp"])
     # a "run" whose jpeg curve is the published BPG curve at 1.25x the rate: +25 % against it
-    rows = [dict(dataset="kodak", image_id="x", codec="jpeg", point=str(i), seed=0, bpp=v["bpp"] * 1.25, bits=1,
-                 metric="psnr", value=v["psnr"], weights="none") for i, v in enumerate(pts)]
+    rows = [{"dataset": "kodak", "image_id": "x", "codec": "jpeg", "point": str(i), "seed": 0,
+             "bpp": v["bpp"] * 1.25, "bits": 1,
+                 "metric": "psnr", "value": v["psnr"], "weights": "none"} for i, v in enumerate(pts)]
     run = _write_run(tmp_path, pd.DataFrame(rows))
     (row,) = bdrate.compare_run(run, reference="compressai-bpg", metrics=["psnr"])
     assert row.result.bd_rate == pytest.approx(25.0, abs=1e-9) and row.ci is None

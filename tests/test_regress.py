@@ -19,9 +19,10 @@ def _run(tmp_path, seeds=(0,), noise=0.0, shift=0.0, name="run"):
                 bits = 1000 * (int(p) + i) + (codec == "webp")
                 for s in seeds:
                     for metric, base in (("psnr", 25 + int(p) / 10 + i), ("lpips", 0.3 - int(p) / 1000)):
-                        rows.append(dict(run_id="r", dataset="kodak", image_id=f"kodim0{i + 1}", codec=codec, point=p,
-                                         seed=s, bits=bits, bpp=bits / 393216, metric=metric,
-                                         value=base + shift + rng.normal(0, noise), weights="none"))
+                        rows.append({"run_id": "r", "dataset": "kodak", "image_id": f"kodim0{i + 1}", "codec": codec,
+                                     "point": p,
+                                         "seed": s, "bits": bits, "bpp": bits / 393216, "metric": metric,
+                                         "value": base + shift + rng.normal(0, noise), "weights": "none"})
     out = tmp_path / name
     out.mkdir()
     pd.DataFrame(rows).to_parquet(out / "per_image.parquet")
