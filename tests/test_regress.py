@@ -115,3 +115,11 @@ def test_golden_compare_uses_shared_diff():
     moved.loc[moved.index[3], "bits"] -= 8
     problems = golden.compare(moved)
     assert len(problems) == 3 and "bits, golden" in problems[2]
+
+
+def test_classical_experiment_file_matches_the_golden_experiment():
+    from bench.runner import Experiment
+
+    exp = Experiment.from_yaml(golden.GOLDEN_DIR / "kodak_classical.yaml")
+    assert {c["name"]: c["points"] for c in exp.codecs} == golden.CODEC_POINTS
+    assert exp.metrics == golden.METRICS and exp.dataset == "kodak"
