@@ -217,6 +217,9 @@ def bootstrap_bd(anchor: tuple[str, list, np.ndarray, np.ndarray], test: tuple[s
     if len(common) < max(len(aids), len(tids)):
         notes.append(f"{len(common)} images in both curves (anchor {len(aids)}, test {len(tids)}): compared on "
                      "the common ones")
+    if len(common) < 10:
+        notes.append(f"{len(common)} images: a percentile bootstrap over so few images is too narrow; read the "
+                     "interval as a rough guide")
     ai = [aids.index(i) for i in common]
     ti = [tids.index(i) for i in common]
     abpp, aval, tbpp, tval = abpp[ai], aval[ai], tbpp[ti], tval[ti]

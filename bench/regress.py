@@ -200,8 +200,9 @@ def compare(run_dir, golden_path, overrides: dict[str, dict] | None = None, allo
             report.notes.append(f"{len(fewer)} point mean(s) are over other images than the per-point golden's "
                                 f"(e.g. {fewer.iloc[0]['codec']} {fewer.iloc[0]['point']} {fewer.iloc[0]['metric']}: "
                                 f"{int(fewer.iloc[0]['n_images'])} images, golden "
-                                f"{int(fewer.iloc[0]['n_images_golden'])}): compared per image only"
-                                + ("" if gi is not None else " — and no per-image golden was given"))
+                                f"{int(fewer.iloc[0]['n_images_golden'])}): not compared with the per-point golden"
+                                + ("; compared per image and with the per-image golden's means over the same images"
+                                   if gi is not None else "; give a per-image golden to compare them"))
         same = merged[~merged.index.isin(fewer.index)][run_pts.columns]
         for d in goldenmod.diff_rows(same, gp.drop(columns="_file"), POINT_KEYS, {"mean_bpp": {}, "value": {}},
                                      widen):
