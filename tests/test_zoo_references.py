@@ -10,7 +10,6 @@ from bench import cards, reference
 ARCHS = ["bmshj2018-factorized", "mbt2018-mean", "mbt2018", "cheng2020-anchor", "cheng2020-attn"]
 CARD_NAMES = [arch + suffix for arch in ARCHS for suffix in ("", "-msssim")]
 COLUMNS = ["bpp", "psnr", "ms_ssim_rgb"]
-TOLERANCE = {"bpp_rel": 0.01, "psnr_abs": 0.05, "ms_ssim_rgb_abs": 1.0e-3}
 
 
 def _ref(card_name: str) -> reference.Reference:
@@ -74,10 +73,15 @@ def test_source_is_built_from_repository_commit_and_path(card_name):
 
 @pytest.mark.parametrize("card_name", CARD_NAMES)
 def test_tolerance_is_the_hyperpriors_and_says_it_was_not_measured(card_name):
+    """Same tolerance as the hyperprior's curve of the same training metric: MSE curves allow 0.1 dB
+    of PSNR (published before CompressAI rounded to 8 bit), MS-SSIM curves 0.05 dB."""
     ref = _ref(card_name)
-    assert ref.meta["tolerance"] == TOLERANCE == reference.load("compressai-bmshj2018-hyperprior").meta["tolerance"]
-    assert {q: ref.tolerance(q) for q in COLUMNS} == {"bpp": ("rel", 0.01), "psnr": ("abs", 0.05),
+    mse = not card_name.endswith("-msssim")
+    assert {q: ref.tolerance(q) for q in COLUMNS} == {"bpp": ("rel", 0.01), "psnr": ("abs", 0.1 if mse else 0.05),
                                                       "ms_ssim_rgb": ("abs", 1.0e-3)}
+    if mse:
+        assert ref.meta["tolerance"] == reference.load("compressai-bmshj2018-hyperprior").meta["tolerance"]
+        assert "before eval_model rounded" in ref.meta["notes"]
     assert "not measured" in ref.meta["notes"] and "_cuda.json" not in ref.meta["path"]
 
 
