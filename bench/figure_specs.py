@@ -4,7 +4,7 @@ A spec says what a paper figure shows, not how bench draws it::
 
     id: perco-fig3                       # = file stem
     title: "..."
-    kind: figure                         # figure | table | metric_list | qualitative
+    kind: figure                         # figure | table | metric_list | not_drawn (+ not_in_bench: why)
     source: {paper: perco-iclr2024, number: "Figure 3", where: "Sec. 4.2, p. 6"}
     layout: {rows: 2, cols: 4}
     x: {metric: bpp, scale: log}         # default x of every panel; metric: bpp or a swept card param
@@ -23,7 +23,8 @@ Codec entries: ``card`` (a bench codec card), optional ``label``, ``points`` (de
 card's), ``seeds`` (default [0]), ``params`` (card param overrides: a variant card), ``sweep``
 (``{param, values}``: one variant per value), or ``not_in_bench`` (a reason) instead of ``card``.
 A table spec has ``rows`` (codec ids), ``columns`` (metrics), ``point`` (the rate point of
-every row unless the codec entry gives ``points``) and one ``dataset``.
+every row unless the codec entry gives ``points``), one ``dataset`` and optionally
+``column_datasets`` (``{metric: dataset}`` for columns computed on another set).
 
 :func:`load_spec` returns the validated mapping; errors are :class:`SpecError` naming the
 file and the key. Whether the named metrics, datasets and cards exist is checked by
@@ -37,10 +38,10 @@ from typing import Any
 import yaml
 
 REPORTS_DIR = Path(__file__).resolve().parent.parent / "reports"
-KINDS = ("figure", "table", "metric_list", "qualitative")
+KINDS = ("figure", "table", "metric_list", "not_drawn")
 GROUPS = ("learned-fr", "classical-fr", "no-reference", None)
 TOP_KEYS = {"id", "title", "kind", "source", "layout", "x", "dataset", "codecs", "curves", "references",
-            "panels", "notes", "rows", "columns", "point", "metrics", "not_in_bench"}
+            "panels", "notes", "rows", "columns", "column_datasets", "point", "metrics", "not_in_bench"}
 CODEC_KEYS = {"card", "label", "points", "seeds", "params", "sweep", "not_in_bench", "style"}
 PANEL_KEYS = {"y", "dataset", "x", "curves", "references", "group", "title", "note"}
 
@@ -112,9 +113,9 @@ def validate(spec: Any, path: Path) -> dict:
     _need(isinstance(src, dict) and {"paper", "number", "where"} <= set(src), path, "source",
           "must give paper, number and where (section/page)")
     kind = spec["kind"]
-    if kind == "qualitative":
+    if kind == "not_drawn":
         _need(isinstance(spec.get("not_in_bench"), str), path, "not_in_bench",
-              "a qualitative figure says why bench does not draw it")
+              "a figure bench does not draw (qualitative image grids, configuration tables) says why")
         return spec
     if kind == "metric_list":
         _need(_list(spec.get("metrics")) and spec["metrics"], path, "metrics", "a non-empty list")
@@ -136,6 +137,9 @@ def validate(spec: Any, path: Path) -> dict:
             _need(key in spec, path, key, "missing (a table has rows, columns and one dataset)")
         for cid in spec["rows"]:
             _need(cid in codecs, path, "rows", f"{cid!r} is not a key of codecs")
+        for m, d in spec.get("column_datasets", {}).items():
+            _need(m in spec["columns"] and isinstance(d, str), path, f"column_datasets.{m}",
+                  "must map a column (metric) to a dataset card")
         _need("point" in spec or all("points" in codecs[c] or "not_in_bench" in codecs[c] for c in spec["rows"]),
               path, "point", "give the rate point of the rows (point:) or points: per codec")
         return spec
@@ -182,6 +186,7 @@ def metric_names(spec: dict) -> set[str]:
 def dataset_names(spec: dict) -> set[str]:
     """Every dataset card a spec draws from."""
     names = {p.get("dataset", spec.get("dataset")) for p in spec.get("panels", [])}
+    names |= set(spec.get("column_datasets", {}).values())
     if spec.get("dataset"):
         names.add(spec["dataset"])
     return {n for n in names if n}

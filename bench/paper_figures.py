@@ -54,7 +54,7 @@ class Drawn:
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
-    skipped: str = ""  # why nothing was drawn (qualitative figures)
+    skipped: str = ""  # why nothing was drawn (kind not_drawn: image grids, configuration tables)
 
 
 def variant_name(card: str, params: dict) -> str:
@@ -172,6 +172,7 @@ class Painter:
             return df[(df["dataset"] == dataset) & (df["codec"] == curve.codec) & (df["metric"] == metric)]
 
         sub = pick(self.rows)
+        self.n_images: set[int] = getattr(self, "n_images", set())
         n_random = len(pick(self.random))
         sub = sub[sub["seed"].isin(curve.seeds)]
         points = curve.points or sorted(sub["point"].unique())
@@ -182,6 +183,7 @@ class Painter:
                 missing.append(p)
             if not at.empty:
                 found[p] = (float(at["mean_bpp"].mean()), float(at["value"].mean()))
+                self.n_images.add(int(at["n_images"].max()))
         if missing and curve.card:
             self.todo.add(dataset, self.codec_arg(curve), curve.seeds, missing, metric)
         if not curve.points and sub.empty and curve.card:
@@ -206,7 +208,10 @@ class Painter:
                 if curve.card is None:
                     note.append(f"{curve.label}: not in bench ({curve.not_in_bench.split('.')[0]})")
                     continue
+                self.n_images = set()
                 found, missing, nr = self.values(dataset, curve, y)
+                n = "/".join(map(str, sorted(self.n_images)))
+                label = f"{curve.label} (n={n})" if n else curve.label
                 n_random += nr
                 if missing:
                     note.append(f"{curve.label} [{curve.codec}]: not computed at {', '.join(missing)}")
@@ -214,7 +219,7 @@ class Painter:
                     pts = sorted(found.values())
                     if pts:
                         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1.3,
-                                ls="-", label=curve.label)
+                                ls="-", label=label)
                         drawn += 1
                 else:
                     drawn += self._param_lines(ax, curve, found, x["metric"])
@@ -240,7 +245,8 @@ class Painter:
                 spine.set_edgecolor(GROUP_COLOURS[panel["group"]])
                 spine.set_linewidth(2)
         if note:
-            ax.annotate("\n".join(note), (0, -0.3), xycoords="axes fraction", fontsize=5, va="top", wrap=True)
+            shown = note[:6] + ([f"(+{len(note) - 6} more: see the command's output)"] if len(note) > 6 else [])
+            ax.annotate("\n".join(shown), (0, -0.36), xycoords="axes fraction", fontsize=5, va="top")
             self.notes += [f"{panel.get('title', dataset + ': ' + y)}: {n}" for n in note]
 
     def _param_lines(self, ax, curve: Curve, found: dict, param: str) -> int:
@@ -281,12 +287,12 @@ def _figure_panels(painter: Painter):
 
     spec = painter.spec
     rows, cols = spec["layout"]["rows"], spec["layout"]["cols"]
-    fig = Figure(figsize=(3.6 * cols, 3.4 * rows), dpi=110)
+    fig = Figure(figsize=(3.8 * cols, 4.0 * rows), dpi=110)
     fig.suptitle(f"{spec['source']['number']} ({spec['source']['paper']}): {spec['title']}", fontsize=10)
     for i, panel in enumerate(spec["panels"]):
         ax = fig.add_subplot(rows, cols, i + 1)
         painter.panel(ax, panel)
-    fig.tight_layout(rect=(0, 0, 1, 0.96), h_pad=4.0)
+    fig.tight_layout(rect=(0, 0.04, 1, 0.96), h_pad=6.0)
     return fig
 
 
@@ -310,10 +316,10 @@ def _figure_table(painter: Painter):
                 curve.points = [point_str(spec["point"])]
             row, bpp = [curve.label], "missing"
             for m in columns:
-                found, missing, nr = painter.values(dataset, curve, m)
+                found, missing, nr = painter.values(spec.get("column_datasets", {}).get(m, dataset), curve, m)
                 if found:
                     b, v = next(iter(found.values()))
-                    bpp = f"{b:.4f}"
+                    bpp = bpp if m in spec.get("column_datasets", {}) and bpp != "missing" else f"{b:.4f}"
                     row.append(f"{v:.4g}")
                 else:
                     row.append("random weights" if nr else "missing")
@@ -354,8 +360,8 @@ def draw(spec: dict | str | Path, runs: list[str | Path] = (), out_dir: str | Pa
     if not isinstance(spec, dict):
         spec = figure_specs.load_spec(spec)
     result = Drawn(spec["id"])
-    if spec["kind"] == "qualitative":
-        result.skipped = f"qualitative figure, not drawn by bench: {spec['not_in_bench']}"
+    if spec["kind"] == "not_drawn":
+        result.skipped = f"not drawn by bench: {spec['not_in_bench']}"
         return result
     out = Path(out_dir) if out_dir else None
     painter = Painter(spec, load_rows(list(runs)) if rows is None else rows, out)
