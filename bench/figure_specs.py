@@ -21,7 +21,8 @@ A spec says what a paper figure shows, not how bench draws it::
 
 Codec entries: ``card`` (a bench codec card), optional ``label``, ``points`` (default: the
 card's), ``seeds`` (default [0]), ``params`` (card param overrides: a variant card), ``sweep``
-(``{param, values}``: one variant per value), or ``not_in_bench`` (a reason) instead of ``card``.
+(``{param, values}``: one variant per value), ``caveat`` (how the card differs from the paper's
+method; shown in the panel note), or ``not_in_bench`` (a reason) instead of ``card``.
 A table spec has ``rows`` (codec ids), ``columns`` (metrics), ``point`` (the rate point of
 every row unless the codec entry gives ``points``), one ``dataset`` and optionally
 ``column_datasets`` (``{metric: dataset}`` for columns computed on another set).
@@ -42,7 +43,7 @@ KINDS = ("figure", "table", "metric_list", "not_drawn")
 GROUPS = ("learned-fr", "classical-fr", "no-reference", None)
 TOP_KEYS = {"id", "title", "kind", "source", "layout", "x", "dataset", "codecs", "curves", "references",
             "panels", "notes", "rows", "columns", "column_datasets", "point", "metrics", "not_in_bench"}
-CODEC_KEYS = {"card", "label", "points", "seeds", "params", "sweep", "not_in_bench", "style"}
+CODEC_KEYS = {"card", "label", "points", "seeds", "params", "sweep", "not_in_bench", "caveat"}
 PANEL_KEYS = {"y", "dataset", "x", "curves", "references", "group", "title", "note"}
 
 

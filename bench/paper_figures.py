@@ -9,12 +9,14 @@ mean bpp over images, mean over the spec's seeds. Published curves from ``result
 are dashed and labelled "published". Rows computed with random weights are never drawn (as
 :mod:`bench.figures` refuses them); a panel left empty for that reason says so.
 
-Every point the spec asks for and no run holds is listed in the panel's note, and
+Every curve with points the spec asks for and no run holds is named under its panel (the exact
+points are in :attr:`Drawn.notes`; entries not in bench and caveats go to the figure's footer), and
 :attr:`Drawn.commands` holds the ``bench run`` commands that would compute them (grouped by
 dataset, codec and seeds; resume makes re-running the points already done free).
 """
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ class Curve:
     seeds: list[int] = field(default_factory=lambda: [0])
     sweep: tuple[str, Any] | None = None  # (param, value) of a swept variant
     not_in_bench: str | None = None
+    caveat: str | None = None  # how the card differs from the paper's method
 
 
 @dataclass
@@ -55,6 +58,11 @@ class Drawn:
     notes: list[str] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
     skipped: str = ""  # why nothing was drawn (kind not_drawn: image grids, configuration tables)
+
+
+def _short(text: str, n: int = 70) -> str:
+    """``text`` cut to about ``n`` characters at a word boundary (panel notes)."""
+    return text if len(text) <= n else text[:n].rsplit(" ", 1)[0] + " …"
 
 
 def variant_name(card: str, params: dict) -> str:
@@ -82,16 +90,16 @@ def expand(cid: str, entry: dict) -> list[Curve]:
         points = [point_str(p) for p in found.get("points", [])]
     base = dict(entry.get("params", {}))
     seeds = list(entry.get("seeds", [0]))
-    extra = entry.get("not_in_bench")
+    extra = entry.get("caveat")
     if "sweep" not in entry:
         codec = variant_name(card, base) if base else card
-        return [Curve(cid, label, card, codec, base, points, seeds, None, extra)]
+        return [Curve(cid, label, card, codec, base, points, seeds, None, caveat=extra)]
     param, values = entry["sweep"]["param"], entry["sweep"]["values"]
     out = []
     for v in values:
         params = {**base, param: v}
         out.append(Curve(cid, f"{label} {param}={point_str(v)}", card, variant_name(card, params), params,
-                         points, seeds, (param, v), extra))
+                         points, seeds, (param, v), caveat=extra))
     return out
 
 
@@ -148,7 +156,13 @@ class Painter:
         self.out_dir = out_dir
         self.todo = _Todo()
         self.notes: list[str] = []
+        self.footer: dict[str, None] = {}  # figure-wide lines: entries not in bench, caveats (ordered set)
         self.curves = {cid: expand(cid, e) for cid, e in spec.get("codecs", {}).items()}
+        self.colours: dict[str, str] = {}  # codec (row name) -> colour, the same in every panel
+
+    def colour(self, codec: str) -> str:
+        """One colour per codec across the figure; a published curve shares its card's colour."""
+        return self.colours.setdefault(codec, f"C{len(self.colours) % 10}")
 
     # -- rows and missing points --------------------------------------------------------
     def codec_arg(self, curve: Curve) -> str:
@@ -201,25 +215,31 @@ class Painter:
         mspec = metric_spec(y)
         arrow = {True: " ↑", False: " ↓"}.get(getattr(mspec, "higher_better", None), "")
         ax.set_title(panel.get("title", f"{dataset}: {y}{arrow}"), fontsize=9)
-        note, drawn, n_random = [], 0, 0
+        note, drawn, n_random, short = [], 0, 0, []
         self._sweep: dict[tuple, list] = {}
         for cid in cids:
             for curve in self.curves[cid]:
                 if curve.card is None:
-                    note.append(f"{curve.label}: not in bench ({curve.not_in_bench.split('.')[0]})")
+                    note.append(f"{curve.label}: not in bench ({curve.not_in_bench})")
+                    self.footer.setdefault(f"{curve.label}: not in bench ({_short(curve.not_in_bench, 110)})", None)
                     continue
+                if curve.caveat:
+                    self.footer.setdefault(f"{curve.label}: {_short(curve.caveat, 110)}", None)
                 self.n_images = set()
                 found, missing, nr = self.values(dataset, curve, y)
                 n = "/".join(map(str, sorted(self.n_images)))
                 label = f"{curve.label} (n={n})" if n else curve.label
                 n_random += nr
                 if missing:
-                    note.append(f"{curve.label} [{curve.codec}]: not computed at {', '.join(missing)}")
+                    absent = "" if _card(curve.card) else f" (card {curve.card} is not in this checkout)"
+                    note.append(f"{curve.label} [{curve.codec}]: not computed at {', '.join(missing)}{absent}")
+                    if curve.label not in short:
+                        short.append(curve.label)
                 if x["metric"] == "bpp":
                     pts = sorted(found.values())
                     if pts:
                         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1.3,
-                                ls="-", label=label)
+                                ls="-", label=label, color=self.colour(curve.codec))
                         drawn += 1
                 else:
                     drawn += self._param_lines(ax, curve, found, x["metric"])
@@ -228,15 +248,20 @@ class Painter:
         else:
             drawn += self.flush_sweeps(ax, {cid: e.get("label", cid) for cid, e in spec["codecs"].items()})
         if n_random:
+            short.append(f"{n_random} rows with weights=random not drawn")
             note.append(f"{n_random} rows computed with random weights (weights=random) are not drawn: "
                         "smoke tests, not results")
         if not drawn:
             why = "only random-weight rows" if n_random else "no rows in the runs given"
-            ax.text(0.5, 0.5, f"empty: {why}", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+            ax.text(0.5, 0.5, f"empty: {why}", ha="center", va="center", transform=ax.transAxes, fontsize=7,
+                    bbox={"facecolor": "white", "edgecolor": "grey"})
         ax.set_xlabel(X_LABEL if x["metric"] == "bpp" else PARAM_LABELS.get(x["metric"], x["metric"]), fontsize=8)
         ax.set_ylabel(y_label(y, mspec), fontsize=8)
         if x.get("scale") == "log" and drawn:
+            from matplotlib.ticker import NullFormatter
+
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(True, alpha=0.3)
         if drawn:
             ax.legend(fontsize=6)
@@ -244,9 +269,10 @@ class Painter:
             for spine in ax.spines.values():
                 spine.set_edgecolor(GROUP_COLOURS[panel["group"]])
                 spine.set_linewidth(2)
+        if short:
+            text = "\n".join(textwrap.wrap("not computed: " + "; ".join(short), 70)[:4])
+            ax.annotate(text, (0, -0.3), xycoords="axes fraction", fontsize=5.5, va="top", color="dimgrey")
         if note:
-            shown = note[:6] + ([f"(+{len(note) - 6} more: see the command's output)"] if len(note) > 6 else [])
-            ax.annotate("\n".join(shown), (0, -0.36), xycoords="axes fraction", fontsize=5, va="top")
             self.notes += [f"{panel.get('title', dataset + ': ' + y)}: {n}" for n in note]
 
     def _param_lines(self, ax, curve: Curve, found: dict, param: str) -> int:
@@ -276,8 +302,9 @@ class Painter:
             if ref.dataset != dataset or y not in ref.metrics:
                 continue
             pts = sorted((r["bpp"], r[y]) for r in ref.rows.values() if r.get(y) == r.get(y))
+            labels = [c.label for cs in self.curves.values() for c in cs if c.codec == ref.codec]
             ax.plot([a for a, _ in pts], [b for _, b in pts], ls="--", lw=1.0, marker=".", ms=3,
-                    label=f"{ref.codec} (published: {name})")
+                    color=self.colour(ref.codec), label=f"{labels[0] if labels else ref.codec} (published: {name})")
             n += 1
         return n
 
@@ -292,7 +319,9 @@ def _figure_panels(painter: Painter):
     for i, panel in enumerate(spec["panels"]):
         ax = fig.add_subplot(rows, cols, i + 1)
         painter.panel(ax, panel)
-    fig.tight_layout(rect=(0, 0.04, 1, 0.96), h_pad=6.0)
+    if painter.footer:
+        fig.text(0.01, 0.005, "\n".join(painter.footer), fontsize=6, va="bottom", color="dimgrey")
+    fig.tight_layout(rect=(0, 0.012 * (len(painter.footer) + 1), 1, 0.96), h_pad=3.0)
     return fig
 
 
