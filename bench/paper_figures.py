@@ -214,7 +214,8 @@ class Painter:
         cids = panel.get("curves", spec.get("curves", list(spec["codecs"])))
         mspec = metric_spec(y)
         arrow = {True: " ↑", False: " ↓"}.get(getattr(mspec, "higher_better", None), "")
-        ax.set_title(panel.get("title", f"{dataset}: {y}{arrow}"), fontsize=9)
+        title = panel.get("title", f"{dataset}: {y}{arrow}")
+        ax.set_title(title, fontsize=9)
         note, drawn, n_random, short = [], 0, 0, []
         self._sweep: dict[tuple, list] = {}
         for cid in cids:
@@ -273,7 +274,7 @@ class Painter:
             text = "\n".join(textwrap.wrap("not computed: " + "; ".join(short), 70)[:4])
             ax.annotate(text, (0, -0.3), xycoords="axes fraction", fontsize=5.5, va="top", color="dimgrey")
         if note:
-            self.notes += [f"{panel.get('title', dataset + ': ' + y)}: {n}" for n in note]
+            self.notes += [f"{title}: {n}" for n in note]
 
     def _param_lines(self, ax, curve: Curve, found: dict, param: str) -> int:
         """x = a swept card param: collect (value, metric) per (entry, point); :meth:`flush_sweeps` draws
