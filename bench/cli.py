@@ -495,6 +495,7 @@ def figures_cmd(
     runs: Optional[list[Path]] = typer.Option(None, "--runs", help="Run directory, or a folder searched for runs "
                                               "(repeatable).", show_default="runs/"),
     out: Path = typer.Option(Path("reports/out"), help="Where to write <spec>.pdf/.svg/.png (and derived cards)."),
+    formats: str = typer.Option("pdf,svg,png", "--format", help="Comma list of file formats."),
 ):
     """Draw the papers' figures and tables from their specs (reports/) and the runs given; print the
     `bench run` commands that would compute the points still missing."""
@@ -512,7 +513,7 @@ def figures_cmd(
     rows = paper_figures.load_rows(run_dirs)
     commands: list[str] = []
     for spec in specs:
-        drawn = paper_figures.draw(spec, out_dir=out, rows=rows)
+        drawn = paper_figures.draw(spec, out_dir=out, rows=rows, formats=tuple(_split(formats) or ["png"]))
         if drawn.skipped:
             console.print(f"{spec['id']}: {drawn.skipped}", highlight=False, soft_wrap=True, markup=False)
             continue

@@ -346,10 +346,11 @@ def _figure_table(painter: Painter):
                 curve.points = [point_str(spec["point"])]
             row, bpp = [curve.label], "missing"
             for m in columns:
-                found, missing, nr = painter.values(spec.get("column_datasets", {}).get(m, dataset), curve, m)
+                found, _missing, nr = painter.values(spec.get("column_datasets", {}).get(m, dataset), curve, m)
                 if found:
                     b, v = next(iter(found.values()))
-                    bpp = bpp if m in spec.get("column_datasets", {}) and bpp != "missing" else f"{b:.4f}"
+                    if m not in spec.get("column_datasets", {}):  # bpp of the table's own dataset
+                        bpp = f"{b:.4f}"
                     row.append(f"{v:.4g}")
                 else:
                     row.append("random weights" if nr else "missing")

@@ -170,8 +170,8 @@ def test_a_paper_spec_kodak_panel_with_bpg(kodak_run, tmp_path):
     assert dashed == {"BPG (published: kodak/compressai-bpg)", "HiFiC (published: kodak/hific)"}
     assert psnr.get_ylabel() == "psnr (dB), ↑ higher is better"
     bpg = [c for c in drawn.commands if " --codec bpg " in c]
-    assert bpg == ["bench run --dataset kodak --codec bpg --points 47,42,37,32,27,22,17,12 --metrics "
-                   "pieapp,lpips,dists,ckdn,fsim,ssim,ms_ssim,cw_ssim,psnr,gmsd,nlpd,vsi,mad,musiq,dbcnn"]
+    assert bpg == [("bench run --dataset kodak --codec bpg --points 47,42,37,32,27,22,17,12 --metrics "
+                    "pieapp,lpips,dists,ckdn,fsim,ssim,ms_ssim,cw_ssim,psnr,gmsd,nlpd,vsi,mad,musiq,dbcnn")]
 
 
 def test_cli_figures_all(kodak_run, tmp_path):
@@ -179,12 +179,35 @@ def test_cli_figures_all(kodak_run, tmp_path):
 
     from bench.cli import app
 
-    res = CliRunner().invoke(app, ["figures", "--all", "--runs", str(kodak_run), "--out", str(tmp_path)])
+    res = CliRunner().invoke(app, ["figures", "--all", "--runs", str(kodak_run), "--out", str(tmp_path),
+                                   "--format", "png"])
     assert res.exit_code == 0, res.output
     assert "perco-fig5: not drawn by bench: An image grid" in res.output
     assert "bench run --dataset coco30k --codec msillm --points vlo1,vlo2,1,2,3,4,5,6 --metrics fid,kid,lpips,ms_ssim_rgb" \
         in res.output
     drawable = [p.stem for p in figure_specs.spec_paths() if figure_specs.load_spec(p)["kind"] != "not_drawn"]
-    assert sorted(p.stem for p in tmp_path.glob("*.pdf")) == sorted(drawable)
+    assert sorted(p.stem for p in tmp_path.glob("*.png")) == sorted(drawable)
+    assert not list(tmp_path.glob("*.pdf"))
     res = CliRunner().invoke(app, ["figures", "no-such-figure"])
     assert res.exit_code == 2 and "no figure spec named 'no-such-figure'" in res.output
+
+
+def test_a_table_spec_from_the_run(kodak_run, tmp_path):
+    """Table specs: one row per codec entry at the table's point, the run's means in the cells."""
+    path = tmp_path / "test-table.yaml"
+    path.write_text(yaml.safe_dump({
+        "id": "test-table", "title": "a test table", "kind": "table",
+        "source": {"paper": "test", "number": "Table 1", "where": "here"}, "dataset": "kodak", "point": 50,
+        "codecs": {"jpeg": {"card": "jpeg", "label": "JPEG"}, "webp": {"card": "webp", "label": "WebP"},
+                   "ldm": {"not_in_bench": "no bitstream, not a bench codec."}},
+        "rows": ["jpeg", "webp", "ldm"], "columns": ["psnr", "ms_ssim_rgb"]}))
+    drawn = paper_figures.draw(figure_specs.load_spec(path), [kodak_run], tmp_path / "out", formats=("png",))
+    cells = drawn.figure.axes[0].tables[0].get_celld()
+    text = {(r, c): cells[r, c].get_text().get_text() for r, c in cells}
+    assert [text[0, c] for c in range(4)] == ["method", "bpp", "↑psnr", "↑ms_ssim_rgb"]
+    rows = paper_figures.load_rows([kodak_run])
+    at = rows[(rows["codec"] == "webp") & (rows["point"] == "50")].set_index("metric")
+    assert text[2, 0] == "WebP" and text[2, 1] == f"{at.loc['psnr', 'mean_bpp']:.4f}"
+    assert text[2, 2] == f"{at.loc['psnr', 'value']:.4g}" and text[2, 3] == f"{at.loc['ms_ssim_rgb', 'value']:.4g}"
+    assert [text[3, c] for c in range(4)] == ["ldm", "—", "not in bench", "not in bench"]
+    assert drawn.commands == [] and (tmp_path / "out" / "test-table.png").is_file()
