@@ -332,8 +332,10 @@ def _figure_table(painter: Painter):
 
     spec = painter.spec
     dataset, columns = spec["dataset"], spec["columns"]
-    header = ["method", "bpp"] + [f"{'↑' if getattr(metric_spec(m), 'higher_better', True) else '↓'}{m}"
-                                  for m in columns]
+    other = spec.get("column_datasets", {})
+    header = ["method", f"bpp ({dataset})"] + [
+        f"{'↑' if getattr(metric_spec(m), 'higher_better', True) else '↓'}{m}" + (f"\n({other[m]})" if m in other else "")
+        for m in columns]
     cells = []
     for cid in spec["rows"]:
         entry = spec["codecs"][cid]
@@ -362,6 +364,10 @@ def _figure_table(painter: Painter):
     table = ax.table(cellText=cells, colLabels=header, loc="center", cellLoc="center")
     table.auto_set_font_size(False)
     table.set_fontsize(7)
+    table.auto_set_column_width(list(range(len(header))))
+    for (r, _), cell in table.get_celld().items():
+        if r == 0 and other:
+            cell.set_height(cell.get_height() * 2)
     return fig
 
 

@@ -204,7 +204,7 @@ def test_a_table_spec_from_the_run(kodak_run, tmp_path):
     drawn = paper_figures.draw(figure_specs.load_spec(path), [kodak_run], tmp_path / "out", formats=("png",))
     cells = drawn.figure.axes[0].tables[0].get_celld()
     text = {(r, c): cells[r, c].get_text().get_text() for r, c in cells}
-    assert [text[0, c] for c in range(4)] == ["method", "bpp", "↑psnr", "↑ms_ssim_rgb"]
+    assert [text[0, c] for c in range(4)] == ["method", "bpp (kodak)", "↑psnr", "↑ms_ssim_rgb"]
     rows = paper_figures.load_rows([kodak_run])
     at = rows[(rows["codec"] == "webp") & (rows["point"] == "50")].set_index("metric")
     assert text[2, 0] == "WebP" and text[2, 1] == f"{at.loc['psnr', 'mean_bpp']:.4f}"
