@@ -180,8 +180,9 @@ class Painter:
         return str(path)
 
     def values(self, dataset: str, curve: Curve, metric: str):
-        """``{point: (mean_bpp, value)}`` (mean over the curve's seeds present), points missing, and
-        how many rows with random weights match."""
+        """``{point: (mean_bpp, value)}`` (mean over the curve's seeds present; where several runs hold a
+        point, the rows over the most images, one per seed), points missing, and how many rows with
+        random weights match."""
         def pick(df):
             return df[(df["dataset"] == dataset) & (df["codec"] == curve.codec) & (df["metric"] == metric)]
 
@@ -193,6 +194,8 @@ class Painter:
         found, missing = {}, []
         for p in points:
             at = sub[sub["point"] == p]
+            # several runs may hold the point: keep the rows over the most images, one per seed
+            at = at[at["n_images"] == at["n_images"].max()].drop_duplicates("seed", keep="last")
             if at.empty or set(curve.seeds) - set(at["seed"]):
                 missing.append(p)
             if not at.empty:

@@ -110,6 +110,10 @@ def test_a_real_run_drawn_through_a_spec(kodak_run, tmp_path):
     jpeg = rows[(rows["codec"] == "jpeg") & (rows["metric"] == "psnr")].sort_values("mean_bpp")
     assert list(lines["JPEG (n=2)"].get_xdata()) == pytest.approx(list(jpeg["mean_bpp"]))
     assert list(lines["JPEG (n=2)"].get_ydata()) == pytest.approx(list(jpeg["value"]))
+    # the same run given twice: rows are not counted twice
+    twice = paper_figures.draw(figure_specs.load_spec(_spec(tmp_path)), [kodak_run, kodak_run])
+    again = {line.get_label(): line for line in twice.figure.axes[0].lines}["JPEG (n=2)"]
+    assert list(again.get_ydata()) == pytest.approx(list(jpeg["value"]))
     # published curves: dashed, labelled, from results/reference
     dashed = {lab for lab, line in lines.items() if line.get_linestyle() == "--"}
     assert dashed == {"JPEG (published: kodak/compressai-jpeg)", "WebP (published: kodak/compressai-webp)"}
