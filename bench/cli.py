@@ -169,7 +169,8 @@ def _print_summary(run_dir: Path) -> None:
     metrics = sorted({r["metric"] for r in rows})
     points: dict[tuple, dict] = {}
     for r in rows:
-        label = r["codec"] + (" (random weights)" if r.get("weights") == "random" else "")
+        label = (r["codec"] + (" (random weights)" if r.get("weights") == "random" else "")
+                 + (" (estimated rate)" if r.get("rate_kind") == "estimated" else ""))
         entry = points.setdefault((label, r["point"], r["seed"]), {"bpp": None, "n": {}, "n_bpp": -1})
         entry[r["metric"]] = r["value"]
         entry["n"][r["metric"]] = r["n_images"]
@@ -485,6 +486,120 @@ def datasets_check(name: str = typer.Argument(..., help="Dataset card name or pa
         console.print(f"manifest sha256: {manifest_digest(manifest())} (card: {loader.card.get('manifest_sha256')})",
                       highlight=False, soft_wrap=True)
     if bad:
+        raise typer.Exit(1)
+
+
+@app.command("report")
+def report_cmd(run_dir: Path = typer.Argument(..., help="A run directory."),
+               out: Optional[Path] = typer.Option(None, help="HTML file to write [default: RUN/report.html]."),
+               images: int = typer.Option(2, help="Images shown as reconstruction crops (0: none).")):
+    """Write one self-contained HTML page: plots, per-point table, crops, failures, provenance."""
+    from bench.report import ReportError, write_report
+
+    try:
+        path = write_report(run_dir, out, images)
+    except (ReportError, OSError) as exc:
+        _fail(str(exc))
+    console.print(str(path), highlight=False, soft_wrap=True)
+
+
+@app.command("bdrate")
+def bdrate_cmd(
+    run_dir: Path = typer.Argument(..., help="A run directory."),
+    anchor: Optional[str] = typer.Option(None, help="Anchor codec of the run (every other codec is compared "
+                                         "with it)."),
+    reference: Optional[str] = typer.Option(None, help="A published curve (bench.reference name, e.g. "
+                                            "compressai-bpg) as anchor instead; no confidence interval then."),
+    metric: Optional[list[str]] = typer.Option(None, "--metric", help="Metric (repeatable or comma list).",
+                                               show_default="every metric of the run"),
+    method: str = typer.Option("pchip", help="Interpolation: pchip, akima or cubic (VCEG-M33)."),
+    bootstrap: int = typer.Option(1000, help="Bootstrap resamples over images for the 95 % interval (0: none)."),
+    seed: int = typer.Option(0, help="Seed of the bootstrap resampling."),
+):
+    """BD-rate (% rate at equal quality) and BD-metric (quality at equal rate) against an anchor, with a
+    paired bootstrap 95 % interval over images."""
+    from rich.table import Table
+
+    from bench import bdrate
+
+    metrics = [m for item in metric or [] for m in _split(item) or []]
+    try:
+        rows = bdrate.compare_run(run_dir, anchor=anchor, reference=reference, metrics=metrics or None,
+                                  method=method, n_resamples=bootstrap, seed=seed)
+    except (bdrate.BDError, OSError) as exc:
+        _fail(str(exc))
+    table = Table(title=f"BD vs {anchor or reference + ' (published)'} — {method}"
+                  + (f", {bootstrap} bootstrap resamples, seed {seed}" if anchor and bootstrap else ""))
+    for col in ("codec", "metric", "BD-rate %", "95 % CI", "BD-metric", "95 % CI ", "note"):
+        table.add_column(col, justify="right" if "BD" in col or "CI" in col else "left")
+    for r in rows:
+        arrow = "" if r.higher_better is None else (" ↑" if r.higher_better else " ↓")
+        if r.result is None:
+            table.add_row(r.codec, r.metric + arrow, "—", "", "—", "", f"[red]refused:[/] {r.error}")
+            continue
+        ci = r.ci if r.ci is not None and r.ci.n_valid else None
+        table.add_row(r.codec, r.metric + arrow, f"{r.result.bd_rate:+.2f}",
+                      f"[{ci.rate_ci[0]:+.2f}, {ci.rate_ci[1]:+.2f}]" if ci else "n/a",
+                      f"{r.result.bd_metric:+.4g}",
+                      f"[{ci.metric_ci[0]:+.4g}, {ci.metric_ci[1]:+.4g}]" if ci else "n/a", r.note)
+    console.print(table)
+    console.print("BD-rate < 0: the codec needs fewer bits than the anchor for equal quality. BD-metric: codec − "
+                  "anchor at equal rate (↑ metric: > 0 is better; ↓ metric: < 0 is better).", highlight=False)
+    if any(r.result is None for r in rows):
+        raise typer.Exit(1)
+
+
+@app.command("regress")
+def regress_cmd(
+    run_dir: Path = typer.Argument(..., help="A run directory."),
+    golden: Path = typer.Option(..., help="Golden CSV (per image or per point) or a folder of <dataset>_*.csv, "
+                                "e.g. results/golden."),
+    tolerance: Optional[list[str]] = typer.Option(None, "--tolerance", help="METRIC=rel:1e-4[,abs:1e-6] (also bits=, "
+                                                  "bpp=, mean_bpp=); repeatable.",
+                                                  show_default="bits exact, bpp rel 1e-8, values rel 1e-4 or abs 1e-6"),
+    allow_new: bool = typer.Option(False, help="Rows missing from the golden are listed but do not fail."),
+    update: bool = typer.Option(False, "--update", help="Rewrite the golden rows of this run's codecs, points and "
+                                "metrics with its values (on purpose: say why in the commit)."),
+    show: int = typer.Option(30, help="At most this many moved values in the table."),
+):
+    """Compare a run with golden values point by point (exit 1 when something moved beyond its tolerance)."""
+    from rich.table import Table
+
+    from bench import regress
+
+    try:
+        if update:
+            for line in regress.update(run_dir, golden):
+                console.print(line, highlight=False)
+            return
+        report = regress.compare(run_dir, golden, regress.parse_tolerance(tolerance or []), allow_new)
+    except (regress.RegressError, OSError) as exc:
+        _fail(str(exc))
+    moved = report.moved
+    table = Table(title=f"{run_dir} vs {golden}: {len(moved)} of {report.compared} compared values moved")
+    for col in ("level", "codec", "point", "image", "metric", "quantity", "run", "golden", "change", "tolerance",
+                "verdict"):
+        table.add_column(col, justify="right" if col in ("run", "golden", "change") else "left")
+    for where, d in moved[:show]:
+        k = d.key
+        if d.quantity == "row":
+            table.add_row(where, k["codec"], str(k["point"]), k.get("image_id", ""), k["metric"], "", "", "", "",
+                          "", "[yellow]new[/]" if allow_new else "[red]not in golden[/]")
+            continue
+        change = d.value - d.golden
+        rel = f" ({change / d.golden:+.2%})" if d.golden else ""
+        tol = ", ".join(f"{a} {v:g}" for a, v in d.tolerance.items()) or "exact"
+        table.add_row(where, k["codec"], str(k["point"]), k.get("image_id", ""), k["metric"], d.quantity,
+                      f"{d.value:.6g}", f"{d.golden:.6g}", f"{change:+.3g}{rel}", tol,
+                      "ok" if d.ok else "[red]REGRESSION[/]")
+    if moved:
+        console.print(table)
+    for note in report.notes:
+        err.print(f"note: {note}", style="yellow", highlight=False, markup=False, soft_wrap=True)
+    failures = report.failures
+    console.print(f"{report.compared} values compared, {len(moved)} moved, {len(failures)} beyond tolerance"
+                  + (f" (table shows {show})" if len(moved) > show else ""), highlight=False)
+    if failures or report.compared == 0:
         raise typer.Exit(1)
 
 

@@ -11,6 +11,11 @@ column counts as ``"none"``.
 
 ``rate_figure(points, metric)`` draws one figure and returns it (testable
 without files); ``plot_run(run_dir)`` writes them all.
+
+Rate kinds: rows with ``rate_kind == "estimated"`` (an official rate estimate kept
+beside the real rate, e.g. CDC's) are drawn as their own dashed line labelled
+"(estimated rate)", never joined with the solid line of real rates. A table without
+a ``rate_kind`` column counts as all real.
 """
 from __future__ import annotations
 
@@ -73,8 +78,9 @@ def y_label(metric: str, spec=None) -> str:
     return f"{label}, {'↑ higher' if higher else '↓ lower'} is better"
 
 
-def line_label(codec: str, seed, n_seeds: int) -> str:
-    return codec if n_seeds == 1 else f"{codec} (seed {seed})"
+def line_label(codec: str, seed, n_seeds: int, rate_kind: str = "real") -> str:
+    label = codec if n_seeds == 1 else f"{codec} (seed {seed})"
+    return label if rate_kind != "estimated" else f"{label} (estimated rate)"
 
 
 def rate_figure(points, metric: str, spec=None):
@@ -88,12 +94,16 @@ def rate_figure(points, metric: str, spec=None):
     spec = metric_spec(metric) if spec is None else spec
     fig = Figure(figsize=(5.5, 4.0), dpi=120)
     ax = fig.add_subplot()
-    for codec, rows in sub.groupby("codec", sort=True):
+    if "rate_kind" not in sub.columns:
+        sub = sub.assign(rate_kind="real")
+    sub = sub.assign(rate_kind=sub["rate_kind"].fillna("real"))
+    for (codec, kind), rows in sub.groupby(["codec", "rate_kind"], sort=True):
         seeds = sorted(rows["seed"].unique())
+        estimated = kind == "estimated"
         for seed in seeds:
             line = rows[rows["seed"] == seed].sort_values("mean_bpp")
             ax.plot(line["mean_bpp"].to_numpy(), line["value"].to_numpy(), marker="o", ms=3.5, lw=1.4,
-                    label=line_label(codec, seed, len(seeds)))
+                    ls="--" if estimated else "-", label=line_label(codec, seed, len(seeds), kind))
     n = int(sub["n_images"].max())
     ax.set_xlabel(X_LABEL)
     ax.set_ylabel(y_label(metric, spec))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import math
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.runner import Experiment, run
@@ -83,20 +84,59 @@ def load():
     return pd.read_csv(GOLDEN_DIR / "kodak_per_image.csv", dtype={"point": str})
 
 
+@dataclass(frozen=True)
+class Diff:
+    """One compared quantity of one row: ``key`` (column -> value), ``value`` and ``golden`` (NaN
+    where the row is absent there), the tolerance it was held to and whether it is within it."""
+
+    key: dict
+    quantity: str
+    value: float
+    golden: float
+    ok: bool
+    tolerance: dict
+
+
+def within(value: float, golden: float, tolerance: dict) -> bool:
+    """``value`` equals ``golden`` within ``tolerance`` (keys ``rel``/``abs``; ``{}`` = exactly)."""
+    return math.isclose(value, golden, rel_tol=tolerance.get("rel", 0.0), abs_tol=tolerance.get("abs", 0.0))
+
+
+def diff_rows(df, golden, keys: list[str], quantities: dict[str, dict], widen=None) -> list[Diff]:
+    """Every row of ``df`` matched to ``golden`` on ``keys``; per row, each column of ``quantities``
+    (column -> tolerance, ``{}`` for exact) compared; ``widen(row, quantity, tolerance)``, if given,
+    returns the tolerance for one row (e.g. wider for a stochastic codec's seed spread). Rows of
+    ``df`` missing in ``golden`` give one Diff with quantity ``"row"`` and ``ok=False``; golden rows
+    absent from ``df`` are not looked at (a run may recompute a subset)."""
+    merged = df.astype({"point": str}).merge(golden.astype({"point": str}), on=keys, how="left",
+                                             suffixes=("", "_golden"), indicator=True)
+    diffs = []
+    for row in merged.to_dict("records"):
+        key = {k: row[k] for k in keys}
+        if row["_merge"] == "left_only":
+            diffs.append(Diff(key, "row", math.nan, math.nan, False, {}))
+            continue
+        for q, tol in quantities.items():
+            value, gold = float(row[q]), float(row[f"{q}_golden"])
+            tol = widen(row, q, tol) if widen else tol
+            diffs.append(Diff(key, q, value, gold, within(value, gold, tol), tol))
+    return diffs
+
+
 def compare(df, golden=None) -> list[str]:
     """Differences between recomputed rows ``df`` and the golden rows (empty list = pass)."""
     golden = load() if golden is None else golden
-    merged = df.astype({"point": str}).merge(golden, on=KEYS, how="left", suffixes=("", "_golden"))
     problems = []
-    for row in merged.itertuples():
-        where = f"{row.codec} q{row.point} {row.image_id} {row.metric}"
-        if math.isnan(row.value_golden):
+    for d in diff_rows(df, golden, KEYS, {"bits": {}, "value": TOLERANCE}):
+        where = f"{d.key['codec']} q{d.key['point']} {d.key['image_id']} {d.key['metric']}"
+        if d.quantity == "row":
             problems.append(f"{where}: not in the golden table")
+        elif d.ok:
             continue
-        if row.bits != row.bits_golden:
-            problems.append(f"{where}: {row.bits} bits, golden {int(row.bits_golden)}")
-        if not math.isclose(row.value, row.value_golden, rel_tol=TOLERANCE["rel"], abs_tol=TOLERANCE["abs"]):
-            problems.append(f"{where}: {row.value:.6g}, golden {row.value_golden:.6g}")
+        elif d.quantity == "bits":
+            problems.append(f"{where}: {int(d.value)} bits, golden {int(d.golden)}")
+        else:
+            problems.append(f"{where}: {d.value:.6g}, golden {d.golden:.6g}")
     return problems
 
 

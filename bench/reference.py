@@ -10,7 +10,9 @@ A reference is two files in ``results/reference/<dataset>/``:
   uses the published settings), ``dataset`` (bench dataset card), ``n_images`` (images
   the published means are over), ``source`` (URL), ``repository``, ``path``, ``commit``,
   ``notes`` (how the numbers were computed) and ``tolerance``: ``bpp_rel`` (relative) and, per
-  metric column, ``<metric>_abs`` or ``<metric>_rel``, with the reason in ``notes``.
+  metric column, ``<metric>_abs`` or ``<metric>_rel``, with the reason in ``notes``. Optional:
+  ``rate_kind`` (``real``, the default, or ``estimated`` for a paper whose bpp is its entropy
+  model's estimate, e.g. CDC): only the run's rows of that kind are compared.
 
 :func:`compare` checks a run's ``per_set`` table point by point: mean bpp and each metric mean
 at every published point present in the run, for the reference's codec card. Rows made with
@@ -191,6 +193,8 @@ def compare(run_dir: str | Path, reference: Reference | str, codec: str | None =
     table = read_table(run_dir, "per_set")
     weights = table["weights"].fillna("none") if "weights" in table.columns else None
     table = table[(table["codec"] == codec) & (table["dataset"] == ref.dataset) & (table["aggregate"] == "mean")]
+    if "rate_kind" in table.columns:  # real and estimated rates are never mixed (see bench.store)
+        table = table[table["rate_kind"].fillna("real") == ref.meta.get("rate_kind", "real")]
     out = Comparison(ref, codec)
     if weights is not None:
         random = weights.loc[table.index] == "random"

@@ -257,7 +257,8 @@ def _code_unit(task: UnitTask, settings: CodecSettings) -> tuple[dict, np.ndarra
     try:
         encoder = _codec(task.card, settings, "encode")
         t0 = time.perf_counter()
-        data = encoder.encode(task.rgb, task.point, task.seed)
+        extra = {"captions": list(task.captions)} if getattr(encoder, "uses_captions", False) else {}
+        data = encoder.encode(task.rgb, task.point, task.seed, **extra)
         enc_s = time.perf_counter() - t0
         if not isinstance(data, (bytes, bytearray)):
             raise CodecError(f"encode returned {type(data).__name__}, not bytes")
@@ -269,6 +270,8 @@ def _code_unit(task: UnitTask, settings: CodecSettings) -> tuple[dict, np.ndarra
         dec_s = time.perf_counter() - t0
         recon = check_recon(task.card.name, task.rgb.shape, recon)
         breakdown = decoder.bits_breakdown(stored)
+        estimate = getattr(decoder, "estimated_bits", None)  # official rate estimate (CDC): a second row kind
+        est_bits = float(estimate(stored)) if callable(estimate) else None
     except (CodecError, ExperimentError, OSError, ValueError) as exc:
         out["errors"].append(f"{where}: {exc}")
         out["failed"] = True
@@ -287,7 +290,7 @@ def _code_unit(task: UnitTask, settings: CodecSettings) -> tuple[dict, np.ndarra
         height=h, width=w, bits=bits, bpp=bits / (h * w), rate_kind=encoder.rate_kind, enc_s=enc_s, dec_s=dec_s,
         breakdown=_json(breakdown), bitstream=str(task.paths.bitstream),
         recon=str(task.paths.recon), bitstream_sha256=sha256_bytes(stored), weights=encoder.weights,
-        fingerprint=_json(task.fingerprint))
+        fingerprint=_json(task.fingerprint), est_bits=est_bits)
     return out, recon
 
 
@@ -396,7 +399,8 @@ class _Planner:
     def task(self, item: Item, sha: str, plan: CodecPlan, point: Any, seed: int,
              metrics: list[str]) -> UnitTask | None:
         pt = point_str(point)
-        key = unit_key(sha, plan, pt, seed)
+        captions = self.loader.annotations_fingerprint() if getattr(plan.codec, "uses_captions", False) else None
+        key = unit_key(sha, plan, pt, seed, captions)
         self.keys[(plan.card.name, pt, seed, item.id)] = key
         done = self.store.unit_done(key)
         have = self.store.metric_versions(key) if done else {}
@@ -408,11 +412,14 @@ class _Planner:
                         self.store.recon_path(key) if done else None, fingerprint=plan.fingerprints[pt])
 
 
-def unit_key(image_sha256: str, plan: CodecPlan, point: str, seed: int) -> str:
-    """The resume key of one unit: everything that can change its bytes or pixels."""
+def unit_key(image_sha256: str, plan: CodecPlan, point: str, seed: int, annotations: dict | None = None) -> str:
+    """The resume key of one unit: everything that can change its bytes or pixels, including,
+    for codecs that code the dataset's captions (``uses_captions``), the identity of the
+    annotation files they come from (``annotations``)."""
+    extra = {} if annotations is None else {"annotations": annotations}
     return content_key(image=image_sha256, card=plan.card.result_hash,
                        adapter=f"{plan.card.target}:{plan.adapter.version}", point=point, seed=seed,
-                       fingerprint=plan.fingerprints[point], weights=plan.codec.weights)
+                       fingerprint=plan.fingerprints[point], weights=plan.codec.weights, **extra)
 
 
 def run(exp: Experiment, progress: Callable[[str, int, int], None] | None = None) -> RunResult:

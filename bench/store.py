@@ -25,6 +25,18 @@ scope (the unit keys it planned, its metrics with their versions, the keys of it
 set-metric results); the parquet tables hold exactly that scope, and
 :meth:`RunStore.outside_scope` lists the rest. Files and tables are written to a
 temporary name and renamed (atomic).
+
+Rate kinds: a unit's ``bits``/``bpp`` are 8 x its stored bytes (``rate_kind`` = the
+adapter's, ``real`` for every adapter that writes a real bitstream). An adapter whose
+official code only *estimates* the rate may also report that estimate for the stored
+bytes (``estimated_bits(data)``, e.g. CDC); the runner keeps it with the unit
+(``est_bits``), and both tables then carry, besides the real row, a second row for the
+same unit/point with ``rate_kind = "estimated"``, ``bpp = est_bits / (H x W)`` (``bits``
+rounded to an integer; no payload/side/container split) and *identical* metric values.
+Rows of the two kinds are never averaged together: per_set groups by ``rate_kind`` and
+set metrics (FID, ...) are repeated with the mean estimated bpp of their units. Real rows
+come first (`rate_kind` descending), so a reader that keeps the first row of a point sees
+the real rate.
 """
 from __future__ import annotations
 
@@ -45,7 +57,7 @@ PER_IMAGE_COLUMNS = ["run_id", "dataset", "image_id", "codec", "point", "seed", 
                      "rate_kind", "enc_s", "dec_s", "metric", "value", "weights", "payload_bits", "side_bits",
                      "container_bits"]
 PER_SET_COLUMNS = ["run_id", "dataset", "codec", "point", "seed", "metric", "value", "n_images", "n_patches",
-                   "aggregate", "mean_bpp", "weights"]
+                   "aggregate", "mean_bpp", "weights", "rate_kind"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS units (
@@ -68,7 +80,8 @@ CREATE TABLE IF NOT EXISTS scope (kind TEXT, key TEXT, version TEXT, PRIMARY KEY
 """
 # Columns added after the first ledgers were written: (table, column, type).
 _ADDED_COLUMNS = (("units", "weights", "TEXT"), ("units", "fingerprint", "TEXT"),
-                  ("set_metrics", "mean_bpp", "REAL"), ("set_metrics", "weights", "TEXT"))
+                  ("set_metrics", "mean_bpp", "REAL"), ("set_metrics", "weights", "TEXT"),
+                  ("units", "est_bits", "REAL"))
 
 
 class StoreError(OSError):
@@ -278,25 +291,49 @@ class RunStore:
     _SCOPED = """units u JOIN scope su ON su.kind = 'unit' AND su.key = u.unit_key
         JOIN metrics m ON m.unit_key = u.unit_key
         JOIN scope sm ON sm.kind = 'metric' AND sm.key = m.metric AND sm.version = m.metric_version"""
+    _PER_IMAGE_COLS = """u.dataset, u.image_id, u.codec, u.point, u.seed, u.height, u.width, {bits} AS bits,
+               {bpp} AS bpp, {kind} AS rate_kind, u.enc_s, u.dec_s, m.metric, m.value, u.weights,
+               {payload} AS payload_bits, {side} AS side_bits, {container} AS container_bits,
+               u.image_sha256, u.card_hash, m.metric_version, u.breakdown"""
+    _EST_BPP = "u.est_bits / (u.height * u.width)"
     _PER_IMAGE_SQL = f"""
-        SELECT u.dataset, u.image_id, u.codec, u.point, u.seed, u.height, u.width, u.bits, u.bpp, u.rate_kind,
-               u.enc_s, u.dec_s, m.metric, m.value, u.weights,
-               json_extract(u.breakdown, '$.payload') AS payload_bits, json_extract(u.breakdown, '$.side') AS side_bits,
-               json_extract(u.breakdown, '$.container') AS container_bits,
-               u.image_sha256, u.card_hash, m.metric_version, u.breakdown
+        SELECT {_PER_IMAGE_COLS.format(bits="u.bits", bpp="u.bpp", kind="u.rate_kind",
+                                       payload="json_extract(u.breakdown, '$.payload')",
+                                       side="json_extract(u.breakdown, '$.side')",
+                                       container="json_extract(u.breakdown, '$.container')")}
         FROM {_SCOPED}
-        ORDER BY u.dataset, u.codec, u.point, u.seed, u.image_id, m.metric"""
+        UNION ALL
+        SELECT {_PER_IMAGE_COLS.format(bits="CAST(ROUND(u.est_bits) AS INTEGER)", bpp=_EST_BPP, kind="'estimated'",
+                                       payload="NULL", side="NULL", container="NULL")}
+        FROM {_SCOPED} WHERE u.est_bits IS NOT NULL
+        ORDER BY dataset, codec, point, seed, image_id, metric, rate_kind DESC"""
+    # set metrics: the rate kind of their units, and their mean estimated bpp where units have estimates
+    _UNITS_OF_SET = """FROM units u JOIN scope su ON su.kind = 'unit' AND su.key = u.unit_key
+               WHERE u.dataset = s.dataset AND u.codec = s.codec AND u.point = s.point AND u.seed = s.seed"""
     _PER_SET_SQL = f"""
         SELECT u.dataset, u.codec, u.point, u.seed, m.metric, AVG(m.value) AS value,
                COUNT(DISTINCT u.image_id) AS n_images, NULL AS n_patches, 'mean' AS aggregate,
-               AVG(u.bpp) AS mean_bpp, u.weights, NULL AS extra
+               AVG(u.bpp) AS mean_bpp, u.weights, NULL AS extra, u.rate_kind AS rate_kind
         FROM {_SCOPED}
+        GROUP BY u.dataset, u.codec, u.point, u.seed, m.metric, u.weights, u.rate_kind
+        UNION ALL
+        SELECT u.dataset, u.codec, u.point, u.seed, m.metric, AVG(m.value), COUNT(DISTINCT u.image_id), NULL,
+               'mean', AVG({_EST_BPP}), u.weights, NULL, 'estimated'
+        FROM {_SCOPED} WHERE u.est_bits IS NOT NULL
         GROUP BY u.dataset, u.codec, u.point, u.seed, m.metric, u.weights
         UNION ALL
         SELECT s.dataset, s.codec, s.point, s.seed, s.metric, s.value, s.n_images,
-               json_extract(s.extra, '$.n_patches'), 'set', s.mean_bpp, s.weights, s.extra
+               json_extract(s.extra, '$.n_patches'), 'set', s.mean_bpp, s.weights, s.extra,
+               COALESCE((SELECT u.rate_kind {_UNITS_OF_SET} LIMIT 1), 'real')
         FROM set_metrics s JOIN scope ss ON ss.kind = 'set' AND ss.key = s.key
-        ORDER BY 1, 2, 3, 4, 5, 9"""
+        UNION ALL
+        SELECT * FROM (
+            SELECT s.dataset, s.codec, s.point, s.seed, s.metric, s.value, s.n_images,
+                   json_extract(s.extra, '$.n_patches'), 'set',
+                   (SELECT AVG({_EST_BPP}) {_UNITS_OF_SET} AND u.est_bits IS NOT NULL) AS est_bpp,
+                   s.weights, s.extra, 'estimated'
+            FROM set_metrics s JOIN scope ss ON ss.kind = 'set' AND ss.key = s.key) WHERE est_bpp IS NOT NULL
+        ORDER BY 1, 2, 3, 4, 5, 13 DESC, 9"""
     _TYPES = {"seed": "int64", "height": "int64", "width": "int64", "bits": "int64", "n_images": "int64",
               "n_patches": "int64", "bpp": "float64", "enc_s": "float64", "dec_s": "float64", "value": "float64",
               "mean_bpp": "float64", "payload_bits": "int64", "side_bits": "int64", "container_bits": "int64"}

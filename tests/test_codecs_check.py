@@ -34,7 +34,10 @@ def _builtin_param(name: str):
     return name
 
 
-BUILTIN_CARDS = [_builtin_param(n) for n in sorted(p.stem for p in (REPO / "codecs").glob("*.yaml"))]
+# CDC's released architecture needs minutes per 64x96 decode on a CPU (65-200 U-Net steps, 54 M
+# parameters): tests/test_cdc.py runs this same check on a tiny copy of the cdc cards instead
+BUILTIN_CARDS = [_builtin_param(n) for n in sorted(p.stem for p in (REPO / "codecs").glob("*.yaml"))
+                 if not n.startswith("cdc")]
 CHECKS = ("card", "adapter", "points", "weights", "fingerprint", "encode", "rate", "decode", "fresh-process", "lossy",
           "plausible", "deterministic", "seed", "empty-bytes", "truncated-bytes", "bit-flips")
 SMALL = [(48, 64), (7, 5)]  # one small real crop (judged on lossy/plausible) and one odd size
@@ -65,8 +68,9 @@ def test_builtin_card_passes(name, kodak_dir):
     assert [c.name for c in report.checks] == list(CHECKS)
     assert not report.failed, _failures(report)
     status = {c.name: c.status for c in report.checks}
-    unverified = hific or learned and any(weights.entry(i).verified_by == "unverified"
-                                          for i in build_codec(card, "cpu", init="random").weight_table().values())
+    codec = None if hific or not learned else build_codec(card, "cpu", init="random")
+    unverified = hific or learned and any(weights.entry(i).verified_by == "unverified"  # weight_ids: one id or
+                                          for p in codec.points() for i in codec.weight_ids(p))  # several (or none)
     assert status["weights"] == ("n/a" if not learned else "warn" if unverified else "pass")
     for name_ in ("card", "adapter", "points", "encode", "decode", "fresh-process", "lossy", "plausible",
                   "deterministic", "seed", "empty-bytes", "truncated-bytes"):

@@ -22,6 +22,9 @@ RGB image of the same size:
 * The harness builds one instance for encoding and a separate, fresh instance
   (from the same card) for decoding, so no instance state can carry the image
   from encoder to decoder.
+* ``uses_captions = True``: ``encode(rgb, point, seed, captions=[...])`` also takes the
+  dataset's ground-truth captions of the image (an empty list where the dataset has none);
+  the runner passes them. Whatever the encoder uses of them must go into the bytes.
 * ``weights`` labels where a learned adapter's parameters came from:
   ``"none"`` (no learned parameters), ``"pretrained"`` (official files,
   checked by sha256) or ``"random"`` (``--init random``: seeded random weights
@@ -53,6 +56,7 @@ class Codec(ABC):
     default_points: ClassVar[tuple] = ()
     stochastic: ClassVar[bool] = False  # True: decode(data, seed) depends on seed
     lossless: ClassVar[bool] = False  # True: decode(encode(rgb)) == rgb (a card's `lossless:` overrides it)
+    uses_captions: ClassVar[bool] = False  # True: encode() takes captions=[...] (see module docstring)
     description: ClassVar[str] = ""
 
     def __init__(self, device: str = "cpu", dtype: str = "float32", init: str = "pretrained", **params: Any) -> None:
