@@ -6,7 +6,9 @@ runs below it): one row per dataset, codec card, point, seed and metric. A curve
 (or a variant of it: the spec's ``params`` / ``sweep`` overrides, run through a derived card
 named ``<card>--<param>-<value>``, written to ``<out>/cards/``); its points are drawn at the
 mean bpp over images, mean over the spec's seeds. Published curves from ``results/reference``
-are dashed and labelled "published". Rows computed with random weights are never drawn (as
+are dashed and labelled "published"; rows at an official rate *estimate* (``rate_kind ==
+"estimated"``, CDC's) are a dotted line "(estimated rate)" of their own, never joined with the real
+rates. Rows computed with random weights are never drawn (as
 :mod:`bench.figures` refuses them); a panel left empty for that reason says so.
 
 Every curve with points the spec asks for and no run holds is named under its panel (the exact
@@ -116,9 +118,10 @@ def load_rows(runs: list[str | Path]):
         frames += [read_table(d, "per_set") for d in dirs]
     if not frames:
         return pd.DataFrame(columns=["dataset", "codec", "point", "seed", "metric", "value", "mean_bpp",
-                                     "n_images", "weights"])
+                                     "n_images", "weights", "rate_kind"])
     df = pd.concat(frames, ignore_index=True)
     df["point"] = df["point"].map(point_str)
+    df["rate_kind"] = df["rate_kind"].fillna("real") if "rate_kind" in df.columns else "real"
     return df
 
 
@@ -179,12 +182,15 @@ class Painter:
             path.write_text(yaml.safe_dump(body, sort_keys=False, allow_unicode=True))
         return str(path)
 
-    def values(self, dataset: str, curve: Curve, metric: str):
+    def values(self, dataset: str, curve: Curve, metric: str, rate_kind: str = "real"):
         """``{point: (mean_bpp, value)}`` (mean over the curve's seeds present; where several runs hold a
         point, the rows over the most images, one per seed), points missing, and how many rows with
-        random weights match."""
+        random weights match. ``rate_kind="estimated"``: the rows at an official rate estimate instead
+        (CDC's), never mixed with real rates; no missing points are recorded for them."""
         def pick(df):
-            return df[(df["dataset"] == dataset) & (df["codec"] == curve.codec) & (df["metric"] == metric)]
+            kind = df["rate_kind"].fillna("real") if "rate_kind" in df.columns else "real"
+            return df[(df["dataset"] == dataset) & (df["codec"] == curve.codec) & (df["metric"] == metric)
+                      & (kind == rate_kind)]
 
         sub = pick(self.rows)
         self.n_images: set[int] = getattr(self, "n_images", set())
@@ -201,6 +207,8 @@ class Painter:
             if not at.empty:
                 found[p] = (float(at["mean_bpp"].mean()), float(at["value"].mean()))
                 self.n_images.add(int(at["n_images"].max()))
+        if rate_kind != "real":
+            return found, [], n_random
         if missing and curve.card:
             self.todo.add(dataset, self.codec_arg(curve), curve.seeds, missing, metric)
         if not curve.points and sub.empty and curve.card:
@@ -244,6 +252,11 @@ class Painter:
                     if pts:
                         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1.3,
                                 ls="-", label=label, color=self.colour(curve.codec))
+                        drawn += 1
+                    est = sorted(self.values(dataset, curve, y, "estimated")[0].values())
+                    if est:
+                        ax.plot([p[0] for p in est], [p[1] for p in est], marker="x", ms=3, lw=1.0, ls=":",
+                                label=f"{label} (estimated rate)", color=self.colour(curve.codec))
                         drawn += 1
                 else:
                     drawn += self._param_lines(ax, curve, found, x["metric"])

@@ -18,10 +18,6 @@ from conftest import KODAK
 from bench import figure_specs, paper_figures
 
 REPO = Path(__file__).resolve().parent.parent
-# Cards written on other branches (CDC, PerCo adapters) that specs already name; accepted while absent
-# from this checkout. Remove an entry once its branch is merged.
-PENDING_CARDS = {"cdc-eps": "branch cdc", "cdc-eps-rho0": "branch cdc", "cdc-x": "branch cdc",
-                 "cdc-x-rho0": "branch cdc", "perco": "branch perco"}
 HAVE_X265 = shutil.which("x265") is not None
 METRICS = ["psnr", "ms_ssim_rgb"]
 
@@ -30,7 +26,7 @@ METRICS = ["psnr", "ms_ssim_rgb"]
 def test_every_spec_validates_and_names_what_bench_has(path):
     spec = figure_specs.load_spec(path)
     assert spec["id"] == path.stem
-    assert figure_specs.check_names(spec, path, PENDING_CARDS) == []
+    assert figure_specs.check_names(spec, path) == []
 
 
 def test_specs_cover_both_papers_evaluations():
@@ -215,3 +211,23 @@ def test_a_table_spec_from_the_run(kodak_run, tmp_path):
     assert text[2, 2] == f"{at.loc['psnr', 'value']:.4g}" and text[2, 3] == f"{at.loc['ms_ssim_rgb', 'value']:.4g}"
     assert [text[3, c] for c in range(4)] == ["ldm", "—", "not in bench", "not in bench"]
     assert drawn.commands == [] and (tmp_path / "out" / "test-table.png").is_file()
+
+
+def test_estimated_rate_rows_are_their_own_dotted_line(kodak_run, tmp_path):
+    """Rows at an official rate estimate (rate_kind=estimated, as CDC's adapter stores beside the real
+    rate) are never joined with real-rate rows: a dotted '(estimated rate)' line of their own."""
+    import pandas as pd
+
+    rows = paper_figures.load_rows([kodak_run])
+    jpeg = rows[rows["codec"] == "jpeg"]
+    # the same units relabelled as an estimate at 90 % of the real rate (only the drawing is under test)
+    estimated = jpeg.assign(rate_kind="estimated", mean_bpp=jpeg["mean_bpp"] * 0.9)
+    spec = figure_specs.load_spec(_spec(tmp_path, codecs={"jpeg": {"card": "jpeg", "label": "JPEG",
+                                                                   "points": [10, 50]}}, references=[]))
+    drawn = paper_figures.draw(spec, rows=pd.concat([rows, estimated], ignore_index=True))
+    lines = {line.get_label(): line for line in drawn.figure.axes[0].lines}
+    assert set(lines) == {"JPEG (n=2)", "JPEG (n=2) (estimated rate)"}
+    assert lines["JPEG (n=2) (estimated rate)"].get_linestyle() == ":"
+    real = jpeg[jpeg["metric"] == "psnr"].sort_values("mean_bpp")
+    assert list(lines["JPEG (n=2)"].get_xdata()) == pytest.approx(list(real["mean_bpp"]))
+    assert drawn.commands == []
