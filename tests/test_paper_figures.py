@@ -231,3 +231,24 @@ def test_estimated_rate_rows_are_their_own_dotted_line(kodak_run, tmp_path):
     real = jpeg[jpeg["metric"] == "psnr"].sort_values("mean_bpp")
     assert list(lines["JPEG (n=2)"].get_xdata()) == pytest.approx(list(real["mean_bpp"]))
     assert drawn.commands == []
+
+
+def test_a_paper_spec_leaves_a_random_weight_perco_run_out(kodak_run, tmp_path):
+    """PerCo Fig. 9 (PSNR on Kodak) from a real --init random PerCo run (1 image, lowest rate) plus the
+    classical run: PerCo's rows are not drawn and the panel says why; published curves still are."""
+    from bench.runner import Experiment, run
+
+    out = tmp_path / "perco-random"
+    res = run(Experiment(dataset="kodak", data_dir=str(KODAK), codecs=[{"name": "perco", "points": [0.0019]}],
+                         metrics=["psnr"], out=str(out), limit=1, init="random"))
+    assert res.units_failed == 0
+    drawn = paper_figures.draw("perco-fig9", [out, kodak_run])
+    kodak = next(ax for ax in drawn.figure.axes if ax.get_title() == "Kodak: PSNR ↑")
+    assert not [line for line in kodak.lines if line.get_label().startswith("PerCo")]
+    assert {line.get_label() for line in kodak.lines if line.get_linestyle() == "--"} == {
+        "MS-ILLM (published: kodak/msillm)", "HiFiC (lowest rate) (published: kodak/hific)",
+        "VTM (published: kodak/compressai-vtm)"}
+    assert ("Kodak: PSNR ↑: 1 rows computed with random weights (weights=random) are not drawn: smoke tests, "
+            "not results") in drawn.notes
+    assert ("bench run --dataset kodak --codec perco --points 0.0019,0.0024,0.0098,0.0313,0.0507,0.0937,0.125 "
+            "--metrics psnr") in drawn.commands
