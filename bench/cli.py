@@ -624,7 +624,10 @@ def figures_cmd(
         specs = [figure_specs.load_spec(p) for p in paths]
     except figure_specs.SpecError as exc:
         _fail(str(exc))
-    run_dirs = [p for p in (runs or [Path("runs")]) if p.exists()]
+    missing = [str(p) for p in runs or [] if not p.exists()]
+    if missing:
+        _fail(f"no such run directory: {', '.join(missing)}")
+    run_dirs = runs or [p for p in [Path("runs")] if p.exists()]
     rows = paper_figures.load_rows(run_dirs)
     commands: list[str] = []
     for spec in specs:

@@ -52,8 +52,12 @@ class SpecError(ValueError):
 
 
 def spec_paths(root: Path = REPORTS_DIR) -> list[Path]:
-    """Every spec file under ``root`` (``reports/<paper>/*.yaml``), sorted."""
-    return sorted(root.glob("*/*.yaml"))
+    """Every spec file under ``root`` (``reports/<paper>/*.yaml``), in paper order (fig3 before fig10)."""
+    import re
+
+    def key(p: Path):
+        return [p.parent.name] + [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.stem)]
+    return sorted(root.glob("*/*.yaml"), key=key)
 
 
 def find_spec(name: str, root: Path = REPORTS_DIR) -> Path:

@@ -190,6 +190,8 @@ def test_cli_figures_all(kodak_run, tmp_path):
     assert not list(tmp_path.glob("*.pdf"))
     res = CliRunner().invoke(app, ["figures", "no-such-figure"])
     assert res.exit_code == 2 and "no figure spec named 'no-such-figure'" in res.output
+    res = CliRunner().invoke(app, ["figures", "perco-fig4", "--runs", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and f"no such run directory: {tmp_path / 'nope'}" in res.output
 
 
 def test_a_table_spec_from_the_run(kodak_run, tmp_path):
