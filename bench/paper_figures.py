@@ -162,6 +162,8 @@ class Painter:
         self.footer: dict[str, None] = {}  # figure-wide lines: entries not in bench, caveats (ordered set)
         self.curves = {cid: expand(cid, e) for cid, e in spec.get("codecs", {}).items()}
         self.colours: dict[str, str] = {}  # codec (row name) -> colour, the same in every panel
+        self.n_images: set[int] = set()  # image counts behind the curve being drawn (its legend says them)
+        self._sweep: dict[tuple, list] = {}  # (codec entry, point) -> [(swept value, metric)] of a panel
 
     def colour(self, codec: str) -> str:
         """One colour per codec across the figure; a published curve shares its card's colour."""
@@ -175,7 +177,8 @@ class Painter:
         path = Path(self.out_dir or "reports/out") / "cards" / f"{curve.codec}.yaml"
         base = _card(curve.card)
         if base is not None and self.out_dir is not None:
-            body = {**base.body, "name": curve.codec, "params": {**(base.get("params") or {}), **curve.params},
+            body = {k: v for k, v in base.body.items() if k != "reference"}  # published curve: base card's
+            body = {**body, "name": curve.codec, "params": {**(base.get("params") or {}), **curve.params},
                     "description": f"{curve.card} with params {curve.params} (derived by bench figures for "
                                    f"{self.spec['id']}); " + str(base.get("description", ""))}
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,7 +196,6 @@ class Painter:
                       & (kind == rate_kind)]
 
         sub = pick(self.rows)
-        self.n_images: set[int] = getattr(self, "n_images", set())
         n_random = len(pick(self.random))
         sub = sub[sub["seed"].isin(curve.seeds)]
         points = curve.points or sorted(sub["point"].unique())
@@ -228,7 +230,7 @@ class Painter:
         title = panel.get("title", f"{dataset}: {y}{arrow}")
         ax.set_title(title, fontsize=9)
         note, drawn, n_random, short = [], 0, 0, []
-        self._sweep: dict[tuple, list] = {}
+        self._sweep = {}
         for cid in cids:
             for curve in self.curves[cid]:
                 if curve.card is None:
