@@ -603,6 +603,49 @@ def regress_cmd(
         raise typer.Exit(1)
 
 
+@app.command("figures")
+def figures_cmd(
+    name: Optional[str] = typer.Argument(None, help="Spec name (perco-fig3, cdc-fig2, ...) or spec file."),
+    all_: bool = typer.Option(False, "--all", help="Every spec under reports/."),
+    runs: Optional[list[Path]] = typer.Option(None, "--runs", help="Run directory, or a folder searched for runs "
+                                              "(repeatable).", show_default="runs/"),
+    out: Path = typer.Option(Path("reports/out"), help="Where to write <spec>.pdf/.svg/.png (and derived cards)."),
+    formats: str = typer.Option("pdf,svg,png", "--format", help="Comma list of file formats."),
+):
+    """Draw the papers' figures and tables from their specs (reports/) and the runs given; print the
+    `bench run` commands that would compute the points still missing."""
+    from bench import figure_specs, paper_figures
+
+    if bool(name) == all_:
+        _fail("give one spec NAME or --all (specs: "
+              f"{', '.join(p.stem for p in figure_specs.spec_paths())})")
+    try:
+        paths = figure_specs.spec_paths() if all_ else [figure_specs.find_spec(name)]
+        specs = [figure_specs.load_spec(p) for p in paths]
+    except figure_specs.SpecError as exc:
+        _fail(str(exc))
+    missing = [str(p) for p in runs or [] if not p.exists()]
+    if missing:
+        _fail(f"no such run directory: {', '.join(missing)}")
+    run_dirs = runs or [p for p in [Path("runs")] if p.exists()]
+    rows = paper_figures.load_rows(run_dirs)
+    commands: list[str] = []
+    for spec in specs:
+        drawn = paper_figures.draw(spec, out_dir=out, rows=rows, formats=tuple(_split(formats) or ["png"]))
+        if drawn.skipped:
+            console.print(f"{spec['id']}: {drawn.skipped}", highlight=False, soft_wrap=True, markup=False)
+            continue
+        console.print(f"{spec['id']}: {', '.join(map(str, drawn.files))}", highlight=False, soft_wrap=True)
+        for note in drawn.notes:
+            console.print(f"  {note}", highlight=False, soft_wrap=True, markup=False)
+        commands += [c for c in drawn.commands if c not in commands]
+    if commands:
+        console.print(f"\nPoints not computed yet ({len(commands)} commands; then rerun bench figures "
+                      "with --runs pointing at their run directories):", highlight=False)
+        for c in commands:
+            console.print(c, highlight=False, soft_wrap=True, markup=False)
+
+
 @app.command("doctor")
 def doctor_cmd(
     need: Optional[str] = typer.Option(None, help="Comma list that must all be present, else exit 1: PROGRAM, "

@@ -37,11 +37,18 @@ def points_frame(run_dir: str | Path):
     return results_only(read_table(run_dir, "per_set")).sort_values(["metric", "codec", "seed", "mean_bpp"])
 
 
-def results_only(df):
-    """``df`` with a ``weights`` column ("none" where missing); refuses random-weight rows."""
+def split_random(df):
+    """``(results, random)``: ``df`` with a ``weights`` column ("none" where missing), split into the
+    rows that may be drawn and those computed with random weights (never drawn)."""
     df = df.copy()
     df["weights"] = df["weights"].fillna("none") if "weights" in df.columns else "none"
-    random = df[df["weights"] == "random"]
+    is_random = df["weights"] == "random"
+    return df[~is_random], df[is_random]
+
+
+def results_only(df):
+    """``df`` with a ``weights`` column ("none" where missing); refuses random-weight rows."""
+    df, random = split_random(df)
     if not random.empty:
         codecs = ", ".join(sorted(random["codec"].unique()))
         raise FigureError(f"refusing to plot rows computed with random weights (codec {codecs}): they are smoke "
