@@ -14,7 +14,10 @@ One adapter, ``cdc``, configured by its card's ``params``:
 * ``gamma``: the initial noise scale γ: decoding starts from γ·N(0, I) (official 0.8;
   the paper's Fig. 4 sweeps it);
 * ``size``: ``full`` (the released architecture) or ``tiny`` (dim 4, same structure, for
-  tests and smoke runs; ``--init random`` only).
+  tests and smoke runs; ``--init random`` only);
+* ``random_size``: the size built under ``--init random`` when ``size`` is ``full``
+  (``tiny`` by default, as PerCo's: a random full-size network decodes a Kodak image in
+  minutes on a CPU and says nothing more than a tiny one; ``full`` to time it).
 
 The rate point is β (the rate weight of the released file; the table is in
 ``weights.py``). Encoding: pixels in [0, 1] padded to a multiple of 64 (edge pixels,
@@ -71,10 +74,10 @@ class CDC(TorchCodec):
 
     def __init__(self, device: str = "cpu", dtype: str = "float32", init: str = "pretrained", param: str = "x",
                  rho: float = 0.9, sampler: str = "ddim", steps: int | None = None, gamma: float = DEFAULT_GAMMA,
-                 size: str = "full") -> None:
+                 size: str = "full", random_size: str = "tiny") -> None:
         steps = DEFAULT_STEPS.get(param, 0) if steps is None else steps
         super().__init__(device, dtype, init, param=param, rho=rho, sampler=sampler, steps=steps, gamma=gamma,
-                         size=size)
+                         size=size, random_size=random_size)
         if param not in cdc_weights.PARAMS:
             raise CodecError(f"cdc: param must be one of {', '.join(cdc_weights.PARAMS)}, got {param!r}")
         if float(rho) not in cdc_weights.RHOS:
@@ -89,6 +92,10 @@ class CDC(TorchCodec):
             raise CodecError(f"cdc: size must be one of {', '.join(SIZES)}, got {size!r}")
         if size == "tiny" and init != "random":
             raise CodecError("cdc: size 'tiny' is a test architecture without released weights: use --init random")
+        if random_size not in SIZES:
+            raise CodecError(f"cdc: random_size must be one of {', '.join(SIZES)}, got {random_size!r}")
+        if init == "random" and size == "full":
+            size = random_size
         self.param, self.rho, self.sampler = param, float(rho), sampler
         self.steps, self.gamma, self.size = steps, float(gamma), size
 
