@@ -239,11 +239,22 @@ class TorchCodec(Codec):
 
     def model_id(self, point: Any) -> str:
         """Short weights identity written into the container: "random", or the 8-hex
-        sha256 prefix of the point's weight file (of all its files' prefixes when several)."""
+        sha256 prefix of the point's weight file (of all its files' prefixes when several).
+        An unverified entry (no digest published) is identified by the prefix of the file
+        in place ("" while it is absent: such bytes cannot be decoded here anyway, and the
+        model build then names the missing file)."""
         if self.init == "random":
             return "random"
-        prefixes = [weights.entry(i).sha256_prefix for i in self.weight_ids(point)]
+        prefixes = [self._file_prefix(i) for i in self.weight_ids(point)]
         return prefixes[0] if len(prefixes) == 1 else hashlib.sha256("+".join(prefixes).encode()).hexdigest()[:8]
+
+    @staticmethod
+    def _file_prefix(weight_id: str) -> str:
+        entry = weights.entry(weight_id)
+        if entry.sha256_prefix or entry.sha256:
+            return entry.sha256_prefix or entry.sha256[:8]
+        path = weights.path(weight_id)
+        return weights.sha256_file(path)[:8] if path.is_file() else ""
 
     # ------------------------------------------------------------------ the model
     @property

@@ -111,20 +111,6 @@ class CDC(TorchCodec):
     def weight_table(self) -> dict[float, str]:
         return {b: cdc_weights.weight_id(self.param, self.rho, b) for b in cdc_weights.betas(self.param, self.rho)}
 
-    def model_id(self, point: Any) -> str:
-        """As the base, but the release publishes no digest: a file is identified by the sha256
-        prefix of the file in place ("" while absent: the build then names the missing file)."""
-        if self.init == "random":
-            return "random"
-        from bench import weights
-
-        wid = self.weight_ids(point)[0]
-        w = weights.entry(wid)
-        if w.sha256_prefix:
-            return w.sha256_prefix
-        p = weights.path(wid)
-        return weights.sha256_file(p)[:8] if p.is_file() else ""
-
     def fingerprint(self, point: Any) -> dict[str, Any]:
         fp = super().fingerprint(point)
         fp["decoder"] = {"sampler": self.sampler, "steps": self.steps, "gamma": self.gamma, "size": self.size}

@@ -84,21 +84,6 @@ class MSILLMCodec(TorchCodec):
     def weight_table(self) -> dict[Any, str]:
         return {p: msillm_weights.weight_id(self.variant, p) for p in msillm_weights.TARGETS[self.variant]}
 
-    def model_id(self, point: Any) -> str:
-        """As the base, but a file with no digest in the table is identified by the sha256
-        prefix of the file in place ("" while it is absent: such bytes cannot be decoded here
-        anyway, and the model build then names the missing file)."""
-        if self.init == "random":
-            return "random"
-        from bench import weights
-
-        wid = self.weight_ids(point)[0]
-        w = weights.entry(wid)
-        if w.sha256_prefix:
-            return w.sha256_prefix
-        p = weights.path(wid)
-        return weights.sha256_file(p)[:8] if p.is_file() else ""
-
     # ------------------------------------------------------------------ the network
     def build_model(self, point: Any, files: list[Path] | None) -> Any:
         from bench.codecs.msillm import model as msillm_model
