@@ -247,8 +247,9 @@ def codecs_list():
         except KeyError as exc:
             status = f"[red]no[/]: {exc}"
         pts = ", ".join(map(str, card.get("points") or []))
-        rows.append([name, card.target, f"{card.get('point_name', 'quality')}: {pts}", card.get("colour", ""), status])
-    _availability_table("codecs", ["card", "adapter", "points", "colour contract", "available"], rows)
+        rows.append([name, card.target, f"{card.get('point_name', 'quality')}: {pts}", card.get("colour", ""),
+                     card.get("licence", ""), status])
+    _availability_table("codecs", ["card", "adapter", "points", "colour contract", "licence", "available"], rows)
     for e in registry.plugin_errors:
         err.print(f"[red]{e}[/]")
 

@@ -12,14 +12,16 @@ runner = CliRunner()
 
 
 def table_rows(output: str) -> list[list[str]]:
-    """The cells of the first line of each row of the Rich tables in ``output`` (wrapped
-    continuation lines have an empty first cell and are left out)."""
+    """The cells of each row of the Rich tables in ``output``; a row's wrapped continuation
+    lines (empty first cell) are joined to its cells with a space."""
     rows = []
     for line in output.splitlines():
         if line.startswith("│"):
             cells = [c.strip() for c in line.strip().strip("│").split("│")]
             if cells[0]:
                 rows.append(cells)
+            elif rows and len(cells) == len(rows[-1]):
+                rows[-1] = [f"{a} {b}".strip() for a, b in zip(rows[-1], cells)]
     return rows
 
 
@@ -72,8 +74,11 @@ def test_codecs_and_datasets_list_rows():
     for card, adapter in (("jpeg", "pillow-jpeg"), ("jpeg-444", "pillow-jpeg"), ("webp", "pillow-webp")):
         points = ", ".join(map(str, cards.get("codec", card).get("points")))
         assert rows[card][1] == adapter and rows[card][2] == f"quality: {points}", rows[card]
-        assert rows[card][4] == "yes"
+        assert rows[card][5] == "yes"
     assert "4:4:4" in rows["jpeg-444"][3] and "4:2:0" in rows["jpeg"][3]
+    for card in ("msillm", "hific", "cdc-x", "perco", "hevc-x265", "vtm"):  # every codec says its licence
+        assert rows[card][4], card
+    assert "CC-BY-NC" in rows["msillm"][4].replace(" ", "")
     rows = by_name(invoke("datasets", "list").stdout)
     assert rows["kodak"][2] == "24" and rows["coco-mini"][2] == "50" and rows["coco-mini"][1] == "coco"
     assert rows["samples"][4].startswith("yes (4 images")  # shipped inside scikit-image
