@@ -236,6 +236,16 @@ def _status(entry, **params) -> str:
     return "[green]yes[/]" if ok else f"[red]no[/]: {why}"
 
 
+def _sampler(params: dict) -> str:
+    """"; sampler ddim, 65 steps, γ 0.8" for diffusion decoders' cards (those with ``steps``), else ""."""
+    if "steps" not in params:
+        return ""
+    parts = [str(params.get("sampler", "ddim")), f"{params['steps']} steps"]
+    parts += [f"γ {params['gamma']}"] if "gamma" in params else []
+    parts += [f"guidance {params['guidance_scale']}"] if "guidance_scale" in params else []
+    return "; sampler " + ", ".join(parts)
+
+
 @codecs_app.command("list")
 def codecs_list():
     """Codec cards, their adapters, rate points and whether they run here."""
@@ -246,7 +256,7 @@ def codecs_list():
             status = _status(entry, **(card.get("params") or {}))
         except KeyError as exc:
             status = f"[red]no[/]: {exc}"
-        pts = ", ".join(map(str, card.get("points") or []))
+        pts = ", ".join(map(str, card.get("points") or [])) + _sampler(card.get("params") or {})
         rows.append([name, card.target, f"{card.get('point_name', 'quality')}: {pts}", card.get("colour", ""),
                      card.get("licence", ""), status])
     _availability_table("codecs", ["card", "adapter", "points", "colour contract", "licence", "available"], rows)

@@ -79,6 +79,7 @@ def test_codecs_and_datasets_list_rows():
     for card in ("msillm", "hific", "cdc-x", "perco", "hevc-x265", "vtm"):  # every codec says its licence
         assert rows[card][4], card
     assert "CC-BY-NC" in rows["msillm"][4].replace(" ", "")
+    assert "sampler ddim, 65 steps, γ 0.8" in rows["cdc-x"][2] and "sampler ddim, auto steps" in rows["perco"][2]
     rows = by_name(invoke("datasets", "list").stdout)
     assert rows["kodak"][2] == "24" and rows["coco-mini"][2] == "50" and rows["coco-mini"][1] == "coco"
     assert rows["samples"][4].startswith("yes (4 images")  # shipped inside scikit-image
