@@ -46,6 +46,14 @@ def test_vvc_sps_picture_size_from_the_syntax_table(kw, expect):
     assert (pic.width, pic.height, pic.chroma) == expect
 
 
+def test_gci_length_is_the_specifications():
+    """71 bits of constraint flags before gci_num_additional_bits (H.266 7.3.3.2; the stream
+    builder uses the same constant, so the count is pinned here on its own)."""
+    from bench.codecs.nal import GCI_FIXED_BITS
+
+    assert GCI_FIXED_BITS == 71
+
+
 def test_sps_reader_refuses_foreign_and_truncated_bytes():
     with pytest.raises(BitstreamError, match="no Annex-B start code"):
         sps_picture(b"\x89PNG\r\n\x1a\n" + bytes(40), "hevc")

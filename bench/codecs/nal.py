@@ -144,10 +144,12 @@ def hevc_sps(unit: bytes) -> Picture:
     return _cropped(width, height, chroma_format_idc, _window(r))
 
 
-# H.266 general_constraints_info() flags before gci_num_additional_bits, by group (7.3.3.2):
-# general 3, picture format 4+2 bits, NAL unit types 9, tiles/slices/subpictures 6,
-# CTU/partitioning 2+3 bits, intra 6, inter 16, transform/quantisation 13, in-loop filters 6.
-GCI_FIXED_BITS = 3 + 6 + 9 + 6 + 5 + 6 + 16 + 13 + 6
+# H.266 general_constraints_info() bits from gci_intra_only_constraint_flag to
+# gci_no_virtual_boundaries_constraint_flag, by group (7.3.3.2): general 3, picture format
+# 4+2 bits, NAL unit types 10 (no_mixed_nalu_types_in_pic .. no_idr_rpl), tiles/slices/
+# subpictures 6, CTU/partitioning 2+3 bits, intra 6, inter 16, transform/quantisation 13,
+# in-loop filters 6 = 71 (the count other VVC parsers skip, e.g. ExoPlayer's).
+GCI_FIXED_BITS = 3 + 6 + 10 + 6 + 5 + 6 + 16 + 13 + 6
 
 
 def vvc_sps(unit: bytes) -> Picture:
