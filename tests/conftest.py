@@ -89,6 +89,27 @@ def cache(tmp_path, monkeypatch):
     return tmp_path
 
 
+def kodak_means(kodak_dir, enc, dec, point, **rates) -> dict[str, float]:
+    """Code every Kodak image at ``point`` with ``enc``, decode with ``dec`` (a separate instance)
+    and return the means over the images: ``bpp`` (8 x stored bytes / pixels), ``psnr`` (dB, RGB,
+    8 bit), one entry per ``rates`` callable ``(data, dec) -> bits`` (e.g. what a publisher counts,
+    divided by pixels too) and ``n`` (images coded)."""
+    from bench.data.images import read_rgb
+
+    sums: dict[str, list[float]] = {"bpp": [], "psnr": [], **{name: [] for name in rates}}
+    for path in sorted(Path(kodak_dir).glob("kodim*.png")):
+        rgb = read_rgb(path)[0]
+        data = enc.encode(rgb, point)
+        recon = dec.decode(data)
+        pixels = rgb.shape[0] * rgb.shape[1]
+        sums["bpp"].append(8 * len(data) / pixels)
+        for name, bits in rates.items():
+            sums[name].append(bits(data, dec) / pixels)
+        mse = np.mean((rgb.astype(np.float64) - recon.astype(np.float64)) ** 2)
+        sums["psnr"].append(10 * np.log10(255 ** 2 / mse))
+    return {"n": len(sums["psnr"]), **{name: float(np.mean(v)) for name, v in sums.items()}}
+
+
 def assert_light_imports(tmp_path, adapter: str, points: tuple) -> None:
     """Listing codecs and weights and computing fingerprints and provenance of ``adapter``
     ("module:Class") imports neither torch nor compressai (checked in a fresh process)."""
