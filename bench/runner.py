@@ -353,6 +353,9 @@ class _Planner:
         self.dataset = loader.card.name
         # (codec card name, point_str, seed, image id) -> unit key, for every unit planned
         self.keys: dict[tuple[str, str, int, str], str] = {}
+        # the caption files' identity, for codecs that code captions (computed once per run)
+        self.captions_key = loader.annotations_fingerprint() if any(
+            getattr(p.codec, "uses_captions", False) for p in plans) else None
 
     def identity(self, item: Item) -> tuple[str, int, int, Sample | None]:
         cached = self.store.cached_image(item.path)
@@ -399,7 +402,7 @@ class _Planner:
     def task(self, item: Item, sha: str, plan: CodecPlan, point: Any, seed: int,
              metrics: list[str]) -> UnitTask | None:
         pt = point_str(point)
-        captions = self.loader.annotations_fingerprint() if getattr(plan.codec, "uses_captions", False) else None
+        captions = self.captions_key if getattr(plan.codec, "uses_captions", False) else None
         key = unit_key(sha, plan, pt, seed, captions)
         self.keys[(plan.card.name, pt, seed, item.id)] = key
         done = self.store.unit_done(key)

@@ -81,22 +81,24 @@ class VTM(YuvProgramCodec):
 
     def __init__(self, device: str = "cpu", build_dir: str | None = None, config: str | None = None,
                  internal_bits: int | None = None, **params: Any) -> None:
-        if build_dir:
-            for role in self.programs:
-                if not params.get(role):
-                    params[role] = find_in_build_dir(build_dir, (self.programs[role], *self.program_alternatives[role]))
+        params.update(self.program_params(build_dir, params))
         super().__init__(device, internal_bits=internal_bits, **params)
         self.config = find_config(config, self.paths["encoder"])
         self.internal_bits = None if internal_bits is None else int(internal_bits)
 
     @classmethod
+    def program_params(cls, build_dir: str | None, params: dict[str, Any]) -> dict[str, str | None]:
+        """Each role's program path: the card's ``encoder:``/``decoder:``, else found in
+        ``build_dir`` (CodecError if it is given and lacks one), else None (environment, PATH)."""
+        return {role: params.get(role) or (find_in_build_dir(build_dir, (exe, *cls.program_alternatives[role]))
+                                           if build_dir else None)
+                for role, exe in cls.programs.items()}
+
+    @classmethod
     def available(cls, **params: Any) -> tuple[bool, str]:
         """Programs (from ``build_dir`` too) and the configuration file found."""
         try:
-            paths = {role: params.get(role) for role in cls.programs}
-            for role, exe in cls.programs.items():
-                if not paths[role] and params.get("build_dir"):
-                    paths[role] = find_in_build_dir(params["build_dir"], (exe, *cls.program_alternatives[role]))
+            paths = cls.program_params(params.get("build_dir"), params)
             find_config(params.get("config"), cls.find("encoder", paths["encoder"]))
         except CodecError as exc:
             return False, str(exc)

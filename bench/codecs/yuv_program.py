@@ -127,13 +127,13 @@ class YuvProgramCodec(SubprocessCodec):
 
     def encode(self, rgb: np.ndarray, point: Any, seed: int = 0) -> bytes:
         data = super().encode(rgb, point, seed)
-        size = self.output_size(data)
-        if size != self.frame:
-            raise CodecError(f"{self.name}: the encoder's SPS says {size[0]}x{size[1]}, the input was "
+        pic = self.picture(data)
+        if (pic.width, pic.height) != self.frame:
+            raise CodecError(f"{self.name}: the encoder's SPS says {pic.width}x{pic.height}, the input was "
                              f"{self.frame[0]}x{self.frame[1]}: bench's {self.standard.upper()} SPS reader and this "
                              "encoder disagree (please report it with the encoder's version)")
-        if self.picture(data).chroma != self.chroma:
-            raise CodecError(f"{self.name}: the stream is {self.picture(data).chroma}, the card asks for {self.chroma}")
+        if pic.chroma != self.chroma:
+            raise CodecError(f"{self.name}: the stream is {pic.chroma}, the card asks for {self.chroma}")
         if self.true_size != self.frame:
             try:
                 data = insert_before_first_slice(data, size_sei(*self.true_size, self.standard), self.standard)
