@@ -22,7 +22,9 @@ A spec says what a paper figure shows, not how bench draws it::
 Codec entries: ``card`` (a bench codec card), optional ``label``, ``points`` (default: the
 card's), ``seeds`` (default [0]), ``params`` (card param overrides: a variant card), ``sweep``
 (``{param, values}``: one variant per value), ``caveat`` (how the card differs from the paper's
-method; shown in the panel note), or ``not_in_bench`` (a reason) instead of ``card``.
+method; shown in the panel note), or ``not_in_bench`` (a reason) instead of ``card``; in a
+table, ``published`` (a reference of results/reference holding the paper's row) puts the
+published number beside bench's in every cell, for rows bench cannot run too.
 A table spec has ``rows`` (codec ids), ``columns`` (metrics), ``point`` (the rate point of
 every row unless the codec entry gives ``points``), one ``dataset`` and optionally
 ``column_datasets`` (``{metric: dataset}`` for columns computed on another set).
@@ -43,7 +45,7 @@ KINDS = ("figure", "table", "metric_list", "not_drawn")
 GROUPS = ("learned-fr", "classical-fr", "no-reference", None)
 TOP_KEYS = {"id", "title", "kind", "source", "layout", "x", "dataset", "codecs", "curves", "references",
             "panels", "notes", "rows", "columns", "column_datasets", "point", "metrics", "not_in_bench"}
-CODEC_KEYS = {"card", "label", "points", "seeds", "params", "sweep", "not_in_bench", "caveat"}
+CODEC_KEYS = {"card", "label", "points", "seeds", "params", "sweep", "not_in_bench", "caveat", "published"}
 PANEL_KEYS = {"y", "dataset", "x", "curves", "references", "group", "title", "note"}
 
 
@@ -92,6 +94,8 @@ def _check_codec(path: Path, cid: str, entry: Any) -> None:
               f"{key}.not_in_bench", "must be a sentence saying why")
     if "card" in entry:
         _need(isinstance(entry["card"], str), path, f"{key}.card", "must be a card name")
+    if "published" in entry:
+        _need(isinstance(entry["published"], str), path, f"{key}.published", "must be a reference name")
     for k in ("points", "seeds"):
         if k in entry:
             _need(_list(entry[k]) and entry[k], path, f"{key}.{k}", "must be a non-empty list")
@@ -217,7 +221,8 @@ def check_names(spec: dict, path: Path, pending_cards: dict[str, str] | None = N
             problems.append(f"{path}: codecs.{cid}.card {card!r} is not a codec card (codecs/*.yaml); "
                             "or mark the entry not_in_bench: with the reason")
     refs = set(reference.available())
-    for ref in spec.get("references", []) + [r for p in spec.get("panels", []) for r in p.get("references", [])]:
+    named = [e["published"] for e in spec.get("codecs", {}).values() if "published" in e]
+    for ref in named + spec.get("references", []) + [r for p in spec.get("panels", []) for r in p.get("references", [])]:
         if ref not in refs:
             problems.append(f"{path}: reference {ref!r} is not under results/reference (known: {sorted(refs)})")
     return problems

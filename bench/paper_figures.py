@@ -318,12 +318,12 @@ class Painter:
         n = 0
         for name in panel.get("references", self.spec.get("references", [])):
             ref = reference.load(name)
-            if ref.dataset != dataset or y not in ref.metrics:
+            if y not in ref.metrics or ref.dataset_of(y) != dataset:
                 continue
             pts = sorted((r["bpp"], r[y]) for r in ref.rows.values() if r.get(y) == r.get(y))
             labels = [c.label for cs in self.curves.values() for c in cs if c.codec == ref.codec]
             ax.plot([a for a, _ in pts], [b for _, b in pts], ls="--", lw=1.0, marker=".", ms=3,
-                    color=self.colour(ref.codec), label=f"{labels[0] if labels else ref.codec} (published: {name})")
+                    color=self.colour(ref.label), label=f"{labels[0] if labels else ref.label} (published: {name})")
             n += 1
         return n
 
@@ -344,8 +344,24 @@ def _figure_panels(painter: Painter):
     return fig
 
 
+def _published(entry: dict, columns: list[str]) -> dict[str, float]:
+    """The paper's numbers for a table row (``published:`` reference, its single row): bpp + columns."""
+    from bench import reference
+
+    if "published" not in entry:
+        return {}
+    ref = reference.load(entry["published"])
+    row = next(iter(ref.rows.values()))
+    return {k: v for k, v in row.items() if (k == "bpp" or k in columns) and v == v}
+
+
+def _cell(ours: str, paper: float | None, fmt: str = ".4g") -> str:
+    return ours if paper is None else f"{ours}\n(paper {paper:{fmt}})"
+
+
 def _figure_table(painter: Painter):
-    """A table spec: one row per codec entry at its point, one column per metric (+ mean bpp)."""
+    """A table spec: one row per codec entry at its point, one column per metric (+ mean bpp);
+    a row with ``published:`` shows the paper's number under bench's in every cell."""
     from matplotlib.figure import Figure
 
     spec = painter.spec
@@ -357,34 +373,38 @@ def _figure_table(painter: Painter):
     cells = []
     for cid in spec["rows"]:
         entry = spec["codecs"][cid]
+        paper = _published(entry, columns)
         for curve in painter.curves[cid]:
             if curve.card is None:
-                cells.append([curve.label, "—"] + ["not in bench"] * len(columns))
+                cells.append([curve.label, _cell("—", paper.get("bpp"))]
+                             + [_cell("not in bench", paper.get(m)) for m in columns])
                 painter.notes.append(f"{curve.label}: not in bench ({curve.not_in_bench})")
                 continue
             if not entry.get("points"):
                 curve.points = [point_str(spec["point"])]
             row, bpp = [curve.label], "missing"
             for m in columns:
-                found, _missing, nr = painter.values(spec.get("column_datasets", {}).get(m, dataset), curve, m)
+                found, _missing, nr = painter.values(other.get(m, dataset), curve, m)
                 if found:
                     b, v = next(iter(found.values()))
-                    if m not in spec.get("column_datasets", {}):  # bpp of the table's own dataset
+                    if m not in other:  # bpp of the table's own dataset
                         bpp = f"{b:.4f}"
-                    row.append(f"{v:.4g}")
+                    row.append(_cell(f"{v:.4g}", paper.get(m)))
                 else:
-                    row.append("random weights" if nr else "missing")
-            cells.append([row[0], bpp] + row[1:])
-    fig = Figure(figsize=(2.0 + 1.3 * len(header), 0.6 + 0.35 * (len(cells) + 2)), dpi=110)
+                    row.append(_cell("random weights" if nr else "missing", paper.get(m)))
+            cells.append([row[0], _cell(bpp, paper.get("bpp"))] + row[1:])
+    lines = 2 if any("\n" in c for r in cells for c in r) else 1
+    fig = Figure(figsize=(2.0 + 1.3 * len(header), 0.6 + 0.35 * lines * (len(cells) + 2)), dpi=110)
     ax = fig.add_subplot()
     ax.axis("off")
-    ax.set_title(f"{spec['source']['number']} ({spec['source']['paper']}): {spec['title']} — {dataset}", fontsize=9)
+    ax.set_title(f"{spec['source']['number']} ({spec['source']['paper']}): {spec['title']} — {dataset}"
+                 + ("\ncells: bench's mean (the paper's number below)" if lines == 2 else ""), fontsize=9)
     table = ax.table(cellText=cells, colLabels=header, loc="center", cellLoc="center")
     table.auto_set_font_size(False)
     table.set_fontsize(7)
     table.auto_set_column_width(list(range(len(header))))
     for (r, _), cell in table.get_celld().items():
-        if r == 0 and other:
+        if (r == 0 and other) or (r > 0 and lines == 2):
             cell.set_height(cell.get_height() * 2)
     return fig
 

@@ -8,11 +8,17 @@ A reference is two files in ``results/reference/<dataset>/``:
   ``ms_ssim_rgb``, ...), mean over the images. Empty cells are not compared.
 * ``<name>.yaml`` — where it comes from and how to compare: ``codec`` (the bench card that
   uses the published settings), ``dataset`` (bench dataset card), ``n_images`` (images
-  the published means are over), ``source`` (URL), ``repository``, ``path``, ``commit``,
-  ``notes`` (how the numbers were computed) and ``tolerance``: ``bpp_rel`` (relative) and, per
-  metric column, ``<metric>_abs`` or ``<metric>_rel``, with the reason in ``notes``. Optional:
-  ``rate_kind`` (``real``, the default, or ``estimated`` for a paper whose bpp is its entropy
-  model's estimate, e.g. CDC): only the run's rows of that kind are compared.
+  the published means are over; ``{dataset: n}`` with ``column_datasets``), ``source`` (URL), ``notes`` (how the numbers were computed),
+  ``tolerance``: ``bpp_rel`` (relative) and, per metric column, ``<metric>_abs`` or
+  ``<metric>_rel``, with the reason in ``notes``; and where the numbers are printed, one of
+  (``SOURCE_KINDS``): a released file (``repository``, ``path``, ``commit``) or a paper
+  (``paper``: its id, e.g. ``perco-iclr2024``; ``where``: table or figure and page).
+  Optional: ``rate_kind`` (``real``, the default, or ``estimated`` for a paper whose bpp is its
+  entropy model's estimate, e.g. CDC): only the run's rows of that kind are compared;
+  ``column_datasets`` (``{metric: dataset}``) for a paper table whose columns were measured on
+  different sets (PerCo Table 1: mIoU and CLIP score on COCO val2017 at 512, the rest on MS-COCO
+  30k); ``codec: null`` with ``method`` (a label) for a published method that is not a bench
+  codec (drawn in figures and tables, never compared with a run).
 
 :func:`compare` checks a run's ``per_set`` table point by point: mean bpp and each metric mean
 at every published point present in the run, for the reference's codec card. Rows made with
@@ -34,7 +40,8 @@ from typing import Any
 import yaml
 
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "results" / "reference"
-SIDECAR_KEYS = ("codec", "dataset", "n_images", "source", "repository", "path", "commit", "notes", "tolerance")
+SIDECAR_KEYS = ("codec", "dataset", "n_images", "source", "notes", "tolerance")
+SOURCE_KINDS = {"release": ("repository", "path", "commit"), "paper": ("paper", "where")}
 RATE = "bpp"
 
 
@@ -58,6 +65,21 @@ class Reference:
     @property
     def dataset(self) -> str:
         return self.meta["dataset"]
+
+    @property
+    def label(self) -> str:
+        """The bench card, or the published method's name when it is not a bench codec."""
+        return self.meta["codec"] or self.meta["method"]
+
+    def n_images(self, quantity: str) -> int:
+        """Images the published mean of ``quantity`` is over (``n_images``: a number, or
+        ``{dataset: number}`` when ``column_datasets`` puts columns on other sets)."""
+        n = self.meta["n_images"]
+        return int(n[self.dataset_of(quantity)] if isinstance(n, dict) else n)
+
+    def dataset_of(self, quantity: str) -> str:
+        """The dataset a column was measured on (``column_datasets``; bpp: the reference's own)."""
+        return (self.meta.get("column_datasets") or {}).get(quantity, self.dataset)
 
     @property
     def metrics(self) -> list[str]:
@@ -95,6 +117,10 @@ def load(name: str | Path, root: Path = REFERENCE_DIR) -> Reference:
         raise ReferenceError(f"a reference needs {path} and {sidecar}")
     meta = yaml.safe_load(sidecar.read_text()) or {}
     missing = [k for k in SIDECAR_KEYS if k not in meta]
+    if not any(all(k in meta for k in keys) for keys in SOURCE_KINDS.values()):
+        missing.append(" or ".join("+".join(keys) for keys in SOURCE_KINDS.values()))
+    if meta.get("codec", "") is None and not meta.get("method"):
+        missing.append("method (codec is null: name the published method)")
     if missing:
         raise ReferenceError(f"{sidecar}: missing keys {', '.join(missing)}")
     rows: dict[str, dict[str, float]] = {}
@@ -190,9 +216,13 @@ def compare(run_dir: str | Path, reference: Reference | str, codec: str | None =
 
     ref = load(reference) if isinstance(reference, (str, Path)) else reference
     codec = codec or ref.codec
+    if codec is None:
+        raise ReferenceError(f"reference {ref.name} is {ref.label!r}, not a bench codec: nothing to compare "
+                             "(give --codec CARD to compare a card with it)")
     table = read_table(run_dir, "per_set")
     weights = table["weights"].fillna("none") if "weights" in table.columns else None
-    table = table[(table["codec"] == codec) & (table["dataset"] == ref.dataset) & (table["aggregate"] == "mean")]
+    datasets = {ref.dataset_of(q) for q in [RATE, *ref.metrics]}
+    table = table[(table["codec"] == codec) & table["dataset"].isin(datasets) & (table["aggregate"] == "mean")]
     if "rate_kind" in table.columns:  # real and estimated rates are never mixed (see bench.store)
         table = table[table["rate_kind"].fillna("real") == ref.meta.get("rate_kind", "real")]
     out = Comparison(ref, codec)
@@ -216,7 +246,8 @@ def compare(run_dir: str | Path, reference: Reference | str, codec: str | None =
             if math.isnan(theirs) or (quantity != RATE and wanted_metrics is not None
                                       and quantity not in wanted_metrics):
                 continue
-            rows = here if quantity == RATE else here[here["metric"] == quantity]
+            here_q = here[here["dataset"] == ref.dataset_of(quantity)]
+            rows = here_q if quantity == RATE else here_q[here_q["metric"] == quantity]
             if rows.empty:
                 out.not_in_run.append(f"{point} {quantity}")
                 continue
@@ -231,7 +262,7 @@ def _check(ref: Reference, point: str, quantity: str, ours: float, theirs: float
     kind, tol = ref.tolerance(quantity)
     deviation = ours / theirs - 1.0 if kind == "rel" else ours - theirs
     why = ""
-    expected = int(ref.meta["n_images"])
+    expected = ref.n_images(quantity)
     if n_images != expected:
         why = f"mean over {n_images} images, the reference's is over {expected}"
     elif not math.isfinite(ours):

@@ -254,3 +254,19 @@ def test_a_paper_spec_leaves_a_random_weight_perco_run_out(kodak_run, tmp_path):
             "not results") in drawn.notes
     assert ("bench run --dataset kodak --codec perco --points 0.0019,0.0024,0.0098,0.0313,0.0507,0.0937,0.125 "
             "--metrics psnr") in drawn.commands
+
+
+def test_perco_table1_shows_the_papers_numbers_in_every_row(tmp_path):
+    """PerCo Table 1: every row, in bench or not, carries the paper's numbers (results/reference);
+    bench's own cells say what is missing."""
+    drawn = paper_figures.draw("perco-table1", [], tmp_path, formats=("png",))
+    cells = drawn.figure.axes[0].tables[0].get_celld()
+    text = {(r, c): cells[r, c].get_text().get_text() for r, c in cells}
+    assert text[0, 2].startswith("↓fid") and text[0, 5].startswith("↑miou")
+    by_label = {text[r, 0]: [text[r, c] for c in range(1, 7)] for r in range(1, 6)}
+    assert by_label["PerCo: guidance on text only"] == [
+        "missing\n(paper 0.0112)", "missing\n(paper 4.42)", "missing\n(paper 0.39)", "missing\n(paper 0.58)",
+        "missing\n(paper 46.64)", "missing\n(paper 29.05)"]
+    assert by_label["LDM autoencoder"][0] == "—" and by_label["LDM autoencoder"][4] == "not in bench\n(paper 51.04)"
+    assert by_label["Guidance: none"][1] == "missing\n(paper 7.89)"
+    assert any("--codec perco" in c for c in drawn.commands) and (tmp_path / "perco-table1.png").is_file()

@@ -7,6 +7,7 @@ sidecars), through the one way to run work, on the 24 Kodak images: mean bpp and
 ~0.2-0.5 s per pair on 2 cores; the full grid is measured in the sidecars' notes).
 """
 import io
+import math
 import shutil
 from collections import Counter
 
@@ -216,3 +217,45 @@ def test_ms_ssim_rgb_is_compressais_ms_ssim(kodim01):
     t = lambda a: torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float()
     theirs = msssim.ms_ssim(t(rec), t(kodim01), data_range=255.0).item()
     assert MetricEngine(["ms_ssim_rgb"]).score(kodim01, rec)["ms_ssim_rgb"] == pytest.approx(theirs, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------- a paper's own table
+def test_a_paper_table_row_is_a_reference_with_its_columns_on_their_sets(tmp_path):
+    """PerCo Table 1 (paper-sourced: paper + where instead of repository/path/commit): mIoU and CLIP
+    score were measured on COCO at 512, the rest on MS-COCO 30k; each column is compared with the
+    run's rows of its own set and image count."""
+    ref = reference.load("coco30k/perco-table1")
+    assert ref.codec == "perco" and ref.meta["paper"] == "perco-iclr2024" and "Table 1" in ref.meta["where"]
+    assert ref.rows == {"0.0098": {"bpp": 0.0112, "fid": 4.42, "lpips": 0.39, "ssim_rgb": 0.58, "miou": 46.64,
+                                   "clip_score": 29.05}}
+    assert (ref.dataset_of("miou"), ref.n_images("miou")) == ("coco2017-val512", 5000)
+    assert (ref.dataset_of("fid"), ref.n_images("fid")) == ("coco30k", 30000)
+    rows = [dict(run_id="r", dataset=ref.dataset_of(m), codec="perco", point="0.0098", seed=0, metric=m, value=v,
+                 n_images=ref.n_images(m), n_patches=None, aggregate="mean", weights="pretrained",
+                 mean_bpp=0.0112 if ref.dataset_of(m) == "coco30k" else 0.0150)
+            for m, v in ref.rows["0.0098"].items() if m != "bpp"]
+    pd.DataFrame(rows).to_parquet(tmp_path / "per_set.parquet")
+    res = reference.compare(tmp_path, ref)
+    assert res.passed and {c.quantity for c in res.checks} == {"bpp", "fid", "lpips", "ssim_rgb", "miou",
+                                                                "clip_score"}
+    # the mIoU row at the wrong set (COCO 30k) is not the published mIoU: moved there, it is not found
+    moved = pd.DataFrame(rows)
+    moved.loc[moved.metric == "miou", "dataset"] = "coco30k"
+    moved.to_parquet(tmp_path / "per_set.parquet")
+    assert "0.0098 miou" in reference.compare(tmp_path, ref).not_in_run
+
+
+def test_a_published_method_that_is_not_a_bench_codec(tmp_path):
+    ref = reference.load("perco-table1-ldm-autoencoder")
+    assert ref.codec is None and ref.label == "LDM autoencoder" and math.isnan(ref.rows["table1"]["bpp"])
+    with pytest.raises(reference.ReferenceError, match="not a bench codec"):
+        reference.compare(tmp_path, ref)
+    src = ref.path
+    shutil.copy(src, tmp_path / "x.csv")
+    text = src.with_suffix(".yaml").read_text()
+    (tmp_path / "x.yaml").write_text(text.replace("method:", "# method:"))
+    with pytest.raises(reference.ReferenceError, match="method"):
+        reference.load(tmp_path / "x.csv")
+    (tmp_path / "x.yaml").write_text(text.replace("paper:", "# paper:"))
+    with pytest.raises(reference.ReferenceError, match="repository\\+path\\+commit or paper\\+where"):
+        reference.load(tmp_path / "x.csv")
