@@ -1,6 +1,7 @@
 """BD-rate / BD-metric: hand-computable synthetic curves, refusals, the image bootstrap, per-point
 intervals and ``bench bdrate`` on a synthetic run directory (parquet tables written here)."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -8,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bench import bdrate
-from bench.bdrate import BDError, Curve, bd
+from bench.bdrate import BDError, Curve, bd, bd_rate
 
 RATES = np.array([0.12, 0.25, 0.5, 0.9, 1.6])
 PSNR = 24 + 6 * np.log2(RATES / 0.1) ** 0.8  # concave, increasing: a plausible PSNR curve
@@ -178,3 +179,28 @@ def test_reference_anchor_has_no_ci(tmp_path):
     (row,) = bdrate.compare_run(run, reference="compressai-bpg", metrics=["psnr"])
     assert row.result.bd_rate == pytest.approx(25.0, abs=1e-9) and row.ci is None
     assert "no CI" in row.note and "over 1 images, the published over 24" in row.note
+
+
+# ---------------------------------------------------------------------------- a published BD-rate, recomputed
+PUBLISHED_BD = Path(__file__).parent / "data" / "published_bd"  # sources: SOURCE.md there
+
+
+def _coolchic_curve(version: str) -> Curve:
+    """Cool-chic's dataset curve from its released per-image Kodak results: per lambda, mean rate
+    and the PSNR of the mean MSE over the 24 images (how Cool-chic aggregates)."""
+    import pandas as pd
+
+    d = pd.read_csv(PUBLISHED_BD / f"coolchic-{version}-kodak.tsv", sep="\t")
+    assert d.groupby("lmbda").size().tolist() == [24] * 5
+    d = d.assign(mse=10 ** (-d["psnr_db"] / 10)).groupby("lmbda")
+    return Curve.of(version, d["rate_bpp"].mean(), -10 * np.log10(d["mse"].mean()))
+
+
+@pytest.mark.parametrize("anchor, test, published", [("v3.1", "v3.2", -1.9), ("v3.3", "v3.4", -0.9)])
+@pytest.mark.parametrize("method", ["cubic", "pchip", "akima"])
+def test_a_published_bd_rate_recomputed_from_the_published_points(anchor, test, published, method):
+    """Cool-chic prints BD-rates between its versions (one decimal) and releases the per-image points
+    they come from: recomputed here they round to the printed number, with the tool it names (the
+    VCEG-M33 cubic fit) and with PCHIP and Akima (which agree with it to < 0.03 points here)."""
+    value = bd_rate(_coolchic_curve(anchor), _coolchic_curve(test), method)
+    assert abs(value - published) <= 0.05, f"{test} vs {anchor} ({method}): {value:.3f} %, published {published} %"
