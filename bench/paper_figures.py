@@ -18,6 +18,7 @@ dataset, codec and seeds; resume makes re-running the points already done free).
 """
 from __future__ import annotations
 
+import math
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 import yaml
 
 from bench import figure_specs
-from bench.figures import X_LABEL, metric_spec, split_random, y_label
+from bench.figures import X_LABEL, draw_line, metric_spec, split_random, y_label
 from bench.store import point_str
 
 FORMATS = ("pdf", "svg", "png")
@@ -106,16 +107,20 @@ def expand(cid: str, entry: dict) -> list[Curve]:
 
 
 def load_rows(runs: list[str | Path]):
-    """All ``per_set`` rows of the run directories (searched recursively), one DataFrame."""
+    """All ``per_set`` rows of the run directories (searched recursively), one DataFrame, each with
+    the ``half`` width of its 95 % interval over images where the run has per-image values."""
     import pandas as pd
 
+    from bench.figures import with_intervals
     from bench.store import read_table
 
     frames = []
     for run in runs:
         run = Path(run)
         dirs = [run] if (run / "per_set.parquet").exists() else sorted(p.parent for p in run.rglob("per_set.parquet"))
-        frames += [read_table(d, "per_set") for d in dirs]
+        for d in dirs:
+            per_image = read_table(d, "per_image") if (d / "per_image.parquet").exists() else None
+            frames.append(with_intervals(read_table(d, "per_set"), per_image))
     if not frames:
         return pd.DataFrame(columns=["dataset", "codec", "point", "seed", "metric", "value", "mean_bpp",
                                      "n_images", "weights", "rate_kind"])
@@ -200,6 +205,7 @@ class Painter:
         sub = sub[sub["seed"].isin(curve.seeds)]
         points = curve.points or sorted(sub["point"].unique())
         found, missing = {}, []
+        self.halves = {}  # point -> 95 % interval half-width (one seed only; seed means have none)
         for p in points:
             at = sub[sub["point"] == p]
             # several runs may hold the point: keep the rows over the most images, one per seed
@@ -208,6 +214,8 @@ class Painter:
                 missing.append(p)
             if not at.empty:
                 found[p] = (float(at["mean_bpp"].mean()), float(at["value"].mean()))
+                if len(at) == 1 and "half" in at.columns:
+                    self.halves[p] = float(at["half"].iloc[0])
                 self.n_images.add(int(at["n_images"].max()))
         if rate_kind != "real":
             return found, [], n_random
@@ -229,7 +237,7 @@ class Painter:
         arrow = {True: " ↑", False: " ↓"}.get(getattr(mspec, "higher_better", None), "")
         title = panel.get("title", f"{dataset}: {y}{arrow}")
         ax.set_title(title, fontsize=9)
-        note, drawn, n_random, short = [], 0, 0, []
+        note, drawn, n_random, short, bars = [], 0, 0, [], False
         self._sweep = {}
         for cid in cids:
             for curve in self.curves[cid]:
@@ -250,10 +258,11 @@ class Painter:
                     if curve.label not in short:
                         short.append(curve.label)
                 if x["metric"] == "bpp":
-                    pts = sorted(found.values())
-                    if pts:
-                        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1.3,
-                                ls="-", label=label, color=self.colour(curve.codec))
+                    order = sorted(found, key=lambda p: found[p])
+                    if order:
+                        bars |= draw_line(ax, [found[p][0] for p in order], [found[p][1] for p in order],
+                                          [self.halves.get(p, math.nan) for p in order], marker="o", ms=3,
+                                          lw=1.3, ls="-", label=label, color=self.colour(curve.codec))
                         drawn += 1
                     est = sorted(self.values(dataset, curve, y, "estimated")[0].values())
                     if est:
@@ -275,7 +284,7 @@ class Painter:
             ax.text(0.5, 0.5, f"empty: {why}", ha="center", va="center", transform=ax.transAxes, fontsize=7,
                     bbox={"facecolor": "white", "edgecolor": "grey"})
         ax.set_xlabel(X_LABEL if x["metric"] == "bpp" else PARAM_LABELS.get(x["metric"], x["metric"]), fontsize=8)
-        ax.set_ylabel(y_label(y, mspec), fontsize=8)
+        ax.set_ylabel(y_label(y, mspec, bars), fontsize=8)
         if x.get("scale") == "log" and drawn:
             from matplotlib.ticker import NullFormatter
 
@@ -352,7 +361,7 @@ def _published(entry: dict, columns: list[str]) -> dict[str, float]:
         return {}
     ref = reference.load(entry["published"])
     row = next(iter(ref.rows.values()))
-    return {k: v for k, v in row.items() if (k == "bpp" or k in columns) and v == v}
+    return {k: v for k, v in row.items() if (k == "bpp" or k in columns) and not math.isnan(v)}
 
 
 def _cell(ours: str, paper: float | None, fmt: str = ".4g") -> str:

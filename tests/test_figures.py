@@ -142,3 +142,28 @@ def test_plot_run_refuses_a_run_with_random_weights(run_dir, tmp_path):
     with pytest.raises(FigureError, match="codec webp"):
         plot_run(tmp_path / "r")
     assert not (tmp_path / "r" / "plots").exists()
+
+
+def test_bands_are_the_95_percent_interval_of_the_mean_over_images():
+    """with_intervals: half-width t(0.975, n-1)·sd/√n of the per-image values of each point, by hand
+    for values 1, 2, 3 (sd 1); one image or a set metric: no band. The plot shades it."""
+    from bench.figures import with_intervals
+
+    per_set = table([("c", "a", 0, 0.2, 2.0), ("c", "b", 0, 0.4, 5.0)])
+    per_image = pd.DataFrame({"dataset": "toy", "codec": "c", "point": ["a"] * 3 + ["b"], "seed": 0, "metric": "m",
+                              "value": [1.0, 2.0, 3.0, 5.0], "image_id": ["i1", "i2", "i3", "i1"]})
+    df = with_intervals(per_set, per_image)
+    assert df.loc[df.point == "a", "half"].item() == pytest.approx(4.302652729911275 / np.sqrt(3))
+    assert np.isnan(df.loc[df.point == "b", "half"].item())  # one image: no interval
+    ax = axis(rate_figure(df.assign(n_images=3), "m", spec=types.SimpleNamespace(higher_better=True)))
+    assert len(ax.get_lines()) == 1 and len(ax.collections) == 1  # the line and its band
+    (band,) = ax.collections
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert ys.min() == pytest.approx(2.0 - 4.302652729911275 / np.sqrt(3))
+    assert "band: 95 % interval of the mean over images" in ax.get_ylabel()
+    assert not axis(rate_figure(per_set, "m")).collections  # no per-image values: no band
+
+
+def test_a_run_plot_has_bands_from_its_per_image_table(run_dir):
+    ax = axis(rate_figure(points_frame(run_dir), "psnr"))
+    assert len(ax.collections) == len(CODECS) and "band: 95 %" in ax.get_ylabel()

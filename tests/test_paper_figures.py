@@ -96,9 +96,11 @@ def test_a_real_run_drawn_through_a_spec(kodak_run, tmp_path):
     assert all(f.stat().st_size > 1000 for f in drawn.files)
     psnr_ax, msssim_ax = drawn.figure.axes
     assert "bits per pixel (bpp)" in psnr_ax.get_xlabel() and psnr_ax.get_xscale() == "log"
-    assert psnr_ax.get_ylabel() == "psnr (dB), ↑ higher is better"
-    assert msssim_ax.get_ylabel() == "ms_ssim_rgb, ↑ higher is better"
+    band = "\nband: 95 % interval of the mean over images"  # the run has per-image values
+    assert psnr_ax.get_ylabel() == "psnr (dB), ↑ higher is better" + band
+    assert msssim_ax.get_ylabel() == "ms_ssim_rgb, ↑ higher is better" + band
     lines = {line.get_label(): line for line in psnr_ax.lines}
+    assert len(psnr_ax.collections) == len([lab for lab in lines if "published" not in lab])  # one band per curve
     solid = [lab for lab, line in lines.items() if line.get_linestyle() == "-"]
     assert solid == ["JPEG (n=2)", "WebP (n=2)"] + (["HEVC (n=2)"] if HAVE_X265 else [])
     # bench's curve: mean bpp and mean PSNR of the run's per_set rows, in bpp order
