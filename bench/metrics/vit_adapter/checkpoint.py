@@ -56,21 +56,7 @@ def torch_file(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-            if _is_torch_zip(names):
-                return path
-            member = _member(path, names)
-            out = path.with_name(path.name + ".unpacked") / Path(member).name
-            size = zf.getinfo(member).file_size
-            if not (out.is_file() and out.stat().st_size == size):
-                out.parent.mkdir(parents=True, exist_ok=True)
-                tmp = out.with_name(out.name + ".part")
-                with zf.open(member) as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                os.replace(tmp, out)
-            return out
+    # tar first: a tar holding a torch (zip-format) file also looks like a zip to zipfile
     if tarfile.is_tarfile(path):
         with tarfile.open(path) as tf:
             names = tf.getnames()
@@ -86,6 +72,21 @@ def torch_file(path: str | os.PathLike) -> Path:
                 if src is None:
                     raise CheckpointError(f"{path}: member {member} is not a regular file")
                 with src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                os.replace(tmp, out)
+            return out
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            if _is_torch_zip(names):
+                return path
+            member = _member(path, names)
+            out = path.with_name(path.name + ".unpacked") / Path(member).name
+            size = zf.getinfo(member).file_size
+            if not (out.is_file() and out.stat().st_size == size):
+                out.parent.mkdir(parents=True, exist_ok=True)
+                tmp = out.with_name(out.name + ".part")
+                with zf.open(member) as src, open(tmp, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
                 os.replace(tmp, out)
             return out

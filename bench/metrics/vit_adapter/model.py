@@ -30,6 +30,30 @@ from bench.metrics.vit_adapter.configs import MEAN, STD, ViTAdapterConfig
 from bench.metrics.vit_adapter.heads import FCNHead, UPerHead
 
 
+def pipeline_sizes(h: int, w: int, cfg: ViTAdapterConfig) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(size after the keep-ratio ``Resize``, size after ``ResizeToMultiple``) for an h x w image:
+    mmcv's rescale rule, scale = min(long/max(h, w), short/min(h, w)), sizes int(x*scale + 0.5),
+    then each side rounded up to a multiple of ``size_divisor``."""
+    long_, short = max(cfg.img_scale), min(cfg.img_scale)
+    scale = min(long_ / max(h, w), short / min(h, w))
+    nh, nw = int(h * scale + 0.5), int(w * scale + 0.5)
+    d = cfg.size_divisor
+    return (nh, nw), (math.ceil(nh / d) * d, math.ceil(nw / d) * d)
+
+
+def windows(h: int, w: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """mmseg's slide windows (y1, y2, x1, x2) over an h x w image: every ``stride`` pixels, the last
+    one moved back to end at the border; one window per axis if the image is no larger than ``crop``."""
+    rows = max(h - crop + stride - 1, 0) // stride + 1
+    cols = max(w - crop + stride - 1, 0) // stride + 1
+    out = []
+    for r in range(rows):
+        for c in range(cols):
+            y2, x2 = min(r * stride + crop, h), min(c * stride + crop, w)
+            out.append((max(y2 - crop, 0), y2, max(x2 - crop, 0), x2))
+    return out
+
+
 class NotImplementedVariant(NotImplementedError):
     """A released variant whose head is not implemented here (Mask2Former)."""
 
@@ -58,28 +82,17 @@ class ViTAdapterSegmentor(nn.Module):
         _, _, h, w = x.shape
         if h < crop or w < crop:
             raise ValueError(f"image {h}x{w} is smaller than the {crop}x{crop} window after the test resize")
-        rows = max(h - crop + stride - 1, 0) // stride + 1
-        cols = max(w - crop + stride - 1, 0) // stride + 1
         out = x.new_zeros((x.shape[0], self.cfg.num_classes, h, w))
         count = x.new_zeros((1, 1, h, w))
-        for r in range(rows):
-            for col in range(cols):
-                y2, x2 = min(r * stride + crop, h), min(col * stride + crop, w)
-                y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
-                out[:, :, y1:y2, x1:x2] += self.encode_decode(x[:, :, y1:y2, x1:x2])
-                count[:, :, y1:y2, x1:x2] += 1
+        for y1, y2, x1, x2 in windows(h, w, crop, stride):
+            out[:, :, y1:y2, x1:x2] += self.encode_decode(x[:, :, y1:y2, x1:x2])
+            count[:, :, y1:y2, x1:x2] += 1
         return out / count
 
     def preprocess(self, rgb: np.ndarray, device, dtype=torch.float32) -> torch.Tensor:
         """uint8 (H, W, 3) RGB -> normalised (1, 3, H', W') at the test pipeline's size."""
-        h, w = rgb.shape[:2]
-        long_, short = self.cfg.img_scale if self.cfg.img_scale[0] >= self.cfg.img_scale[1] else self.cfg.img_scale[::-1]
-        scale = min(long_ / max(h, w), short / min(h, w))
-        nh, nw = int(h * scale + 0.5), int(w * scale + 0.5)
-        d = self.cfg.size_divisor
-        nh2, nw2 = math.ceil(nh / d) * d, math.ceil(nw / d) * d
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).to(device).permute(2, 0, 1)[None].to(torch.float32)
-        for size in ((nh, nw), (nh2, nw2)):
+        x = torch.tensor(rgb, dtype=torch.float32, device=device).permute(2, 0, 1)[None]
+        for size in pipeline_sizes(*rgb.shape[:2], self.cfg):
             if tuple(x.shape[2:]) != size:
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False).round().clamp(0, 255)
         mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)

@@ -34,9 +34,9 @@ def selection(model: str | None = None, weights: str | None = None) -> tuple[con
     except KeyError as exc:
         raise ValueError(f"{exc.args[0]} (option model / ${ENV_MODEL})") from None
     spec = weights or os.environ.get(ENV_WEIGHTS) or "registry"
-    if cfg.random_only and spec != "random":
+    if cfg.random_only and spec == "registry":
         raise ValueError(f"ViT-Adapter variant {name} has no released weights: use weights=random "
-                         f"(${ENV_WEIGHTS}=random) or a released variant")
+                         f"(${ENV_WEIGHTS}=random), a checkpoint path, or a released variant")
     return cfg, spec
 
 
