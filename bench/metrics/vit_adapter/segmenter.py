@@ -3,7 +3,7 @@
 Selection (options of :class:`ViTAdapterSegmenter`, defaults from the environment):
 
 * variant ``model``: ``$BENCH_VIT_ADAPTER_MODEL`` or ``upernet-beit-l-cocostuff164k``
-  (:data:`~.configs.VARIANTS`; ``tiny`` is a test-size model, random weights only);
+  (:data:`~.configs.VARIANTS`; ``tiny`` is a test-size model: random weights or a file);
 * weights ``weights``: ``$BENCH_VIT_ADAPTER_WEIGHTS`` or ``registry`` = the variant's file from
   ``bench.weights`` (must be in place: ``bench weights fetch|import``); a path = that checkpoint;
   ``random`` = seeded random initialisation (seed 0), for smoke runs and benchmarks only: its
