@@ -297,3 +297,39 @@ def test_backend_selection(monkeypatch, tmp_path, released):
     monkeypatch.setenv("BENCH_VIT_ADAPTER_WEIGHTS", str(released["pth"]))
     assert segmenters.resolve_backend("auto") == "vit-adapter"  # a checkpoint in place wins
     assert "file:model.pth" in spec.version()
+
+
+def test_reproduce_check_runs_on_archives(tmp_path, coco_mini_dir, capsys):
+    """The published-mIoU check, on two real coco-mini images + hand-made stuffthingmaps in the
+    official archive layout, with the tiny random model: the number is the accumulator's."""
+    from PIL import Image
+
+    from bench.data.prepare import STUFF_LUT
+    from bench.metrics.miou import IoUAccumulator
+    from bench.metrics.vit_adapter import reproduce
+    from bench.metrics.vit_adapter.segmenter import ViTAdapterSegmenter
+
+    stems = ["000000000139", "000000000802"]
+    rng = np.random.default_rng(1)
+    raws = {}
+    with zipfile.ZipFile(tmp_path / "val2017.zip", "w") as zi, zipfile.ZipFile(tmp_path / "stuff.zip", "w") as zl:
+        for s in stems:
+            jpg = coco_mini_dir / "images" / f"{s}.jpg"
+            zi.write(jpg, f"val2017/{s}.jpg")
+            with Image.open(jpg) as im:
+                w, h = im.size
+            raws[s] = rng.choice([0, 1, 91, 181, 255], (h, w)).astype(np.uint8)
+            buf = io.BytesIO()
+            Image.fromarray(raws[s]).save(buf, format="PNG")
+            zl.writestr(f"val2017/{s}.png", buf.getvalue())
+    out = reproduce.run(tmp_path / "val2017.zip", tmp_path / "stuff.zip", model="tiny", weights="random")
+    seg = ViTAdapterSegmenter("tiny", "random")
+    acc = IoUAccumulator(256, 255)
+    from bench.data.images import read_rgb
+
+    for s in stems:
+        acc.update(seg.predict_trainid(read_rgb(coco_mini_dir / "images" / f"{s}.jpg")[0]), STUFF_LUT[raws[s]])
+    assert out["n_images"] == 2 and out["miou"] == pytest.approx(100 * acc.compute()["miou"])
+    assert reproduce.main(["--images", str(tmp_path / "val2017.zip"), "--labels", str(tmp_path / "stuff.zip"),
+                           "--model", "tiny", "--weights", "random"]) == 2  # partial: not the 5000 images
+    assert "partial check" in capsys.readouterr().out
