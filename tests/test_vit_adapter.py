@@ -333,3 +333,15 @@ def test_reproduce_check_runs_on_archives(tmp_path, coco_mini_dir, capsys):
     assert reproduce.main(["--images", str(tmp_path / "val2017.zip"), "--labels", str(tmp_path / "stuff.zip"),
                            "--model", "tiny", "--weights", "random"]) == 2  # partial: not the 5000 images
     assert "partial check" in capsys.readouterr().out
+
+
+def test_unknown_variant_is_a_clear_error(monkeypatch):
+    from bench import registry
+    from bench.metrics.segmenters import SegmenterError
+
+    monkeypatch.setenv("BENCH_VIT_ADAPTER_MODEL", "vit-adapter-xxl")
+    spec = registry.get("metric", "miou_cocostuff").obj
+    with pytest.raises(SegmenterError, match="unknown ViT-Adapter variant 'vit-adapter-xxl'.*BENCH_VIT_ADAPTER_MODEL"):
+        spec.version()
+    ok, why = spec.available()
+    assert not ok and "upernet-beit-l-cocostuff164k" in why  # names the known ones

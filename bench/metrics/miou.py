@@ -153,7 +153,10 @@ class MIoU(SetMetric):
         from bench.metrics.vit_adapter import configs
         from bench.metrics.vit_adapter import segmenter as va
 
-        return va.selection(self.model if self.model in configs.VARIANTS else None)
+        try:
+            return va.selection(self.model if self.model in configs.VARIANTS else None)
+        except ValueError as exc:
+            raise segmenters.SegmenterError(f"{self.name}: {exc}") from None
 
     @property
     def weights(self) -> tuple[str, ...]:
