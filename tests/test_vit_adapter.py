@@ -345,3 +345,47 @@ def test_unknown_variant_is_a_clear_error(monkeypatch):
         spec.version()
     ok, why = spec.available()
     assert not ok and "upernet-beit-l-cocostuff164k" in why  # names the known ones
+
+
+def test_uperhead_matches_transformers_upernet_head():
+    """Our mmseg-layout UPerHead against transformers' UperNetHead (an independent implementation of
+    the same head), weights copied across by renaming bn -> batch_norm, conv_seg -> classifier."""
+    from transformers import UperNetConfig
+    from transformers.models.upernet.modeling_upernet import UperNetHead
+
+    from bench.metrics.vit_adapter.heads import UPerHead
+
+    torch.manual_seed(0)
+    ours = UPerHead([6, 6, 6, 6], 8, 5).eval()
+    for mod in ours.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):  # non-trivial running statistics and affine
+            mod.running_mean.normal_()
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.normal_()
+            mod.bias.data.normal_()
+    cfg = UperNetConfig(hidden_size=8, pool_scales=[1, 2, 3, 6], num_labels=5, backbone_config={"model_type": "resnet"})
+    theirs = UperNetHead(cfg, in_channels=[6, 6, 6, 6]).eval()
+    renamed = {k.replace(".bn.", ".batch_norm.").replace("conv_seg.", "classifier."): v
+               for k, v in ours.state_dict().items()}
+    theirs.load_state_dict(renamed, strict=True)
+    feats = [torch.randn(2, 6, s, s + 2) for s in (16, 8, 4, 2)]
+    with torch.inference_mode():
+        a, b = ours(feats), theirs(feats)
+    assert a.shape == (2, 5, 16, 18) and torch.allclose(a, b, atol=1e-5)
+
+
+def test_relative_position_index_is_beits_formula(tiny):
+    """timm computes the (non-persistent) index the official checkpoints store: for patches i, j of a
+    Wh x Ww window, (dy + Wh - 1) * (2Ww - 1) + (dx + Ww - 1); cls->token, token->cls and cls->cls
+    take the last three table rows."""
+    wh, ww = TINY.window
+    ys, xs = np.divmod(np.arange(wh * ww), ww)
+    idx = (ys[:, None] - ys[None, :] + wh - 1) * (2 * ww - 1) + (xs[:, None] - xs[None, :] + ww - 1)
+    n = (2 * wh - 1) * (2 * ww - 1) + 3
+    want = np.zeros((wh * ww + 1,) * 2, np.int64)
+    want[1:, 1:] = idx
+    want[0, :] = n - 3
+    want[:, 0] = n - 2
+    want[0, 0] = n - 1
+    for blk in tiny.backbone.blocks:
+        assert np.array_equal(blk.attn.relative_position_index.numpy(), want)
