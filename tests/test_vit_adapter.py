@@ -177,7 +177,9 @@ def _official_sd(model) -> dict:
 def released(tmp_path_factory, tiny):
     """The tiny model saved as mmcv does ({"meta", "state_dict"}), in every release format."""
     d = tmp_path_factory.mktemp("ckpt")
-    obj = {"meta": {"mmseg_version": "0.20.2", "CLASSES": list(configs.class_names())},
+    obj = {"meta": {"mmseg_version": "0.20.2", "CLASSES": tuple(configs.class_names()), "PALETTE": [[0, 192, 64]],
+                    "hook_msgs": {"best_score": np.round(np.float64(0.505), 4), "best_ckpt": "iter_80000.pth"},
+                    "seed": np.int64(0), "iters": np.array([80000])},  # numpy data, as mmcv's save_best stores
            "state_dict": _official_sd(tiny)}
     pth = d / "model.pth"
     torch.save(obj, pth)

@@ -12,8 +12,9 @@ listed in the error), checks each block's ``relative_position_index`` against th
 computes (they are buffers, not learned; timm does not store them), and loads the rest with
 ``strict=True``. Nothing is renamed or converted.
 
-``torch.load`` runs with ``weights_only=True``; ``BENCH_TRUST_CHECKPOINT=1`` allows full
-unpickling for a file whose metadata needs it (only for a file you trust).
+``torch.load`` runs with ``weights_only=True`` (numpy scalars/arrays/dtypes allowed: mmcv's
+metadata holds some); ``BENCH_TRUST_CHECKPOINT=1`` allows full unpickling for a file whose
+metadata needs more (only for a file you trust).
 """
 from __future__ import annotations
 
@@ -93,12 +94,23 @@ def torch_file(path: str | os.PathLike) -> Path:
     return path
 
 
+def _numpy_data_globals() -> list:
+    """numpy scalars, arrays and dtypes, which mmcv's checkpoint metadata may hold (e.g. the
+    ``best_score`` of ``save_best``): plain data, allowed in the weights-only unpickler."""
+    import numpy as np
+
+    mod = np.core.multiarray
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    return [mod.scalar, mod._reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The ``state_dict`` of a checkpoint file (archives unpacked, see module doc), on the CPU."""
     f = torch_file(path)
     trust = os.environ.get("BENCH_TRUST_CHECKPOINT") == "1"
     try:
-        obj = torch.load(f, map_location="cpu", weights_only=not trust)
+        with torch.serialization.safe_globals(_numpy_data_globals()):
+            obj = torch.load(f, map_location="cpu", weights_only=not trust)
     except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError (not a torch file), ...
         hint = "" if trust else (" If the file is the official release and only its metadata needs full unpickling, "
                                  "set BENCH_TRUST_CHECKPOINT=1.")

@@ -22,7 +22,7 @@ resolution than the published numbers, so the table cannot decide. UperNet is im
 default); the Mask2Former variants are listed with their weights and published scores but are NOT
 implemented yet (building them raises a clear error, never a stand-in).
 
-``tiny`` is a test-size model of the same structure (random weights only), for fast checks.
+``tiny`` is a test-size model of the same structure (no released weights: random or a file), for fast checks.
 
 Test pipeline of the UperNet config (what :mod:`.model` reproduces): RGB, ``Resize`` to
 ``img_scale=(2560, 640)`` with ``keep_ratio`` (scale = min(2560/long side, 640/short side), sizes
@@ -70,7 +70,7 @@ class ViTAdapterConfig:
     published_miou: str = ""  # the checkpoint's own score on COCO-Stuff-164k val (as published)
     config_file: str = ""
     pretrain: str = ""
-    random_only: bool = False
+    random_only: bool = False  # no released weights (registry refused; random or a file path only)
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -106,7 +106,7 @@ VARIANTS: dict[str, ViTAdapterConfig] = {c.name: c for c in (
         "tiny", "upernet", True, embed_dim=32, depth=4, num_heads=2, conv_inplane=8, n_points=2,
         deform_num_heads=2, interaction_indexes=((0, 0), (1, 1), (2, 2), (3, 3)), head_channels=16,
         aux_channels=8, crop=64, stride=48, img_scale=(256, 64), random_only=True,
-        notes=("test-size model of the UperNet variant's structure; random weights only",)),
+        notes=("test-size model of the UperNet variant's structure; no released weights",)),
 )}
 DEFAULT = "upernet-beit-l-cocostuff164k"
 
