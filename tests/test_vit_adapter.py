@@ -23,7 +23,7 @@ TINY = configs.get("tiny")
 def naive_core(value, shapes, locations, weights):
     """Per sampling point: bilinear interpolation at (x*w - 0.5, y*h - 0.5), zero outside the map."""
     n, _, m, d = value.shape
-    _, q, _, levels, p, _ = locations.shape
+    _, q, _, _, p, _ = locations.shape
     out = torch.zeros(n, q, m, d, dtype=torch.float64)
     starts = np.cumsum([0] + [h * w for h, w in shapes])
     for b in range(n):
@@ -241,7 +241,7 @@ def test_checkpoint_errors(tiny, tmp_path):
 def test_weight_entries():
     from bench import weights
 
-    for name, cfg in configs.VARIANTS.items():
+    for cfg in configs.VARIANTS.values():
         if cfg.random_only:
             continue
         w = weights.entry(cfg.weight_id)

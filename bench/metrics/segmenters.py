@@ -347,10 +347,9 @@ def build_segmenter(backend: str = "auto", device: str = "cpu", model: str = DEF
     if backend == "mmseg":
         return MMSegSegmenter(device=device, min_things=min_things)
     if backend == "vit-adapter":
-        from bench.metrics.vit_adapter.segmenter import ViTAdapterSegmenter
-
         # ``model`` here is the transformers model id unless it names a ViT-Adapter variant
         from bench.metrics.vit_adapter.configs import VARIANTS
+        from bench.metrics.vit_adapter.segmenter import ViTAdapterSegmenter
 
         return ViTAdapterSegmenter(model if model in VARIANTS else None, device=device, min_things=min_things)
     return TransformersSegmenter.from_dir(model, model_dir, device, min_things)

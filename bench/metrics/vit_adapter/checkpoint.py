@@ -26,7 +26,11 @@ from pathlib import Path
 
 import torch
 
-from bench.metrics.vit_adapter.model import ViTAdapterSegmentor, model_keys, official_keys
+from bench.metrics.vit_adapter.model import (
+    ViTAdapterSegmentor,
+    model_keys,
+    official_keys,
+)
 
 CKPT_SUFFIXES = (".pth", ".pt", ".pth.tar", ".pkl")
 
@@ -111,7 +115,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         with torch.serialization.safe_globals(_numpy_data_globals()):
             obj = torch.load(f, map_location="cpu", weights_only=not trust)
-    except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError (not a torch file), ...
+    except Exception as exc:
         hint = "" if trust else (" If the file is the official release and only its metadata needs full unpickling, "
                                  "set BENCH_TRUST_CHECKPOINT=1.")
         raise CheckpointError(f"{f}: cannot read it as a torch checkpoint ({type(exc).__name__}: {exc}).{hint}") from exc

@@ -92,16 +92,16 @@ VARIANTS: dict[str, ViTAdapterConfig] = {c.name: c for c in (
         published_miou="51.7 single-scale / 52.0 multi-scale",
         config_file=_CFG_DIR + "mask2former_beit_adapter_large_896_80k_cocostuff164k_ss.py",
         pretrain="BEiT-L beit_large_patch16_224_pt22k_ft22k (ImageNet-22k)",
-        notes=("Mask2Former head (MSDeformAttn pixel decoder, 9-layer decoder, 200 queries) not implemented yet; "
-               "test pipeline as its config: slide 896/512, img_scale (3584, 896)",)),
+        notes=(("Mask2Former head (MSDeformAttn pixel decoder, 9-layer decoder, 200 queries) not implemented yet; "
+                "test pipeline as its config: slide 896/512, img_scale (3584, 896)"),)),
     ViTAdapterConfig(
         "mask2former-beitv2-l-cocostuff164k", "mask2former", False, crop=896, stride=512, img_scale=(3584, 896),
         weight_id="vit-adapter-mask2former-beitv2-l-cocostuff164k",
         published_miou="52.3 single-scale",
         config_file=_CFG_DIR + "mask2former_beitv2_adapter_large_896_80k_cocostuff164k_ss.py",
         pretrain="BEiTv2-L beitv2_large_patch16_224_pt1k_ft21k (ImageNet-1k pre-training, 21k fine-tuning)",
-        notes=("Mask2Former head (MSDeformAttn pixel decoder, 9-layer decoder, 200 queries) not implemented yet; "
-               "test pipeline as its config: slide 896/512, img_scale (3584, 896)",)),
+        notes=(("Mask2Former head (MSDeformAttn pixel decoder, 9-layer decoder, 200 queries) not implemented yet; "
+                "test pipeline as its config: slide 896/512, img_scale (3584, 896)"),)),
     ViTAdapterConfig(
         "tiny", "upernet", True, embed_dim=32, depth=4, num_heads=2, conv_inplane=8, n_points=2,
         deform_num_heads=2, interaction_indexes=((0, 0), (1, 1), (2, 2), (3, 3)), head_channels=16,
