@@ -391,3 +391,34 @@ def test_relative_position_index_is_beits_formula(tiny):
     want[0, 0] = n - 1
     for blk in tiny.backbone.blocks:
         assert np.array_equal(blk.attn.relative_position_index.numpy(), want)
+
+
+def test_checkpoint_class_order_check(released):
+    sd, meta = checkpoint.read_checkpoint(released["pth"])
+    assert meta["mmseg_version"] == "0.20.2" and len(sd) == len(M.official_keys(TINY))
+    checkpoint.check_classes(meta, configs.class_names())  # same order: fine
+    checkpoint.check_classes({}, configs.class_names())  # no list: nothing to check
+    swapped = list(configs.class_names())
+    swapped[0], swapped[1] = swapped[1], swapped[0]
+    with pytest.raises(checkpoint.CheckpointError, match="index 0"):
+        checkpoint.check_classes({"CLASSES": swapped}, configs.class_names())
+
+
+@pytest.mark.needs_weights("vit-adapter-upernet-beit-l-cocostuff164k")
+def test_released_checkpoint_loads_and_sees_people(coco_mini_dir):
+    """With the released UperNet checkpoint: strict loading (keys, shapes, class order) and, on coco-mini
+    images annotated with people, most person pixels predicted as person (train id 0)."""
+    from bench import cards
+    from bench.data.loaders import open_dataset
+    from bench.metrics.vit_adapter.segmenter import ViTAdapterSegmenter
+
+    seg = ViTAdapterSegmenter(configs.DEFAULT, "registry", device="cuda" if torch.cuda.is_available() else "cpu")
+    assert seg.meta.get("CLASSES") is None or list(seg.meta["CLASSES"]) == list(configs.class_names())
+    ld = open_dataset(cards.get("dataset", "coco-mini"), coco_mini_dir)
+    people = [s for s in (ld.load(it) for it in ld.items()[:20]) if s.label_map is not None
+              and (s.label_map == 1).sum() > 5000][:2]
+    assert people, "coco-mini has images with people"
+    for s in people:
+        pred = seg.predict_trainid(s.rgb)
+        on_person = np.bincount(pred[s.label_map == 1], minlength=171)
+        assert on_person.argmax() == 0, (s.id, on_person.argmax())

@@ -110,6 +110,12 @@ def _numpy_data_globals() -> list:
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The ``state_dict`` of a checkpoint file (archives unpacked, see module doc), on the CPU."""
+    return read_checkpoint(path)[0]
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """(``state_dict``, ``meta``) of a checkpoint file; ``meta`` is {} when it has none. mmcv's
+    meta holds e.g. ``CLASSES`` (the class names in train-id order) and ``mmseg_version``."""
     f = torch_file(path)
     trust = os.environ.get("BENCH_TRUST_CHECKPOINT") == "1"
     try:
@@ -123,7 +129,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{f}: no state_dict of tensors in it (top-level keys: "
                               f"{list(obj)[:10] if isinstance(obj, dict) else type(obj).__name__})")
-    return sd
+    meta = obj.get("meta") if sd is not obj else None
+    return sd, meta if isinstance(meta, dict) else {}
 
 
 def check_keys(sd: dict[str, torch.Tensor], expected: dict[str, tuple], where: str = "checkpoint") -> None:
@@ -155,3 +162,15 @@ def load(model: ViTAdapterSegmentor, sd: dict[str, torch.Tensor], where: str = "
     if set(model_keys(model)) != set(sd):  # belt and braces: every official key was consumed
         raise CheckpointError(f"{where}: keys left over after loading")
     return model
+
+
+def check_classes(meta: dict, names, where: str = "checkpoint") -> None:
+    """If the checkpoint's meta lists its classes (mmcv's ``CLASSES``), they must be ``names`` in
+    that order (the train ids the metric compares with); no list: nothing to check."""
+    classes = meta.get("CLASSES")
+    if classes is None:
+        return
+    if list(classes) != list(names):
+        diff = next((i for i, (a, b) in enumerate(zip(classes, names)) if a != b), min(len(classes), len(names)))
+        raise CheckpointError(f"{where}: its classes differ from COCO-Stuff-164k's train-id order at index {diff} "
+                              f"({len(classes)} classes; e.g. {list(classes)[diff:diff + 2]}): not a COCO-Stuff model")

@@ -84,9 +84,12 @@ class ViTAdapterSegmenter:
             self.model = build(self.cfg, seed=0, device="cpu")
         except NotImplementedVariant as exc:
             raise segmenters.SegmenterError(f"miou: {exc}") from exc
+        self.meta: dict = {}
         if path is not None:
             try:
-                checkpoint.load(self.model, checkpoint.read_state_dict(path), where=str(path))
+                sd, self.meta = checkpoint.read_checkpoint(path)
+                checkpoint.load(self.model, sd, where=str(path))
+                checkpoint.check_classes(self.meta, configs.class_names(), where=str(path))
             except checkpoint.CheckpointError as exc:
                 raise segmenters.SegmenterError(f"miou: {exc}") from exc
         self.device = torch.device(device)
