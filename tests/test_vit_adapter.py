@@ -398,6 +398,10 @@ def test_checkpoint_class_order_check(released):
     assert meta["mmseg_version"] == "0.20.2" and len(sd) == len(M.official_keys(TINY))
     checkpoint.check_classes(meta, configs.class_names())  # same order: fine
     checkpoint.check_classes({}, configs.class_names())  # no list: nothing to check
+    respelt = [n.replace(" ", "_").upper() for n in configs.class_names()]
+    checkpoint.check_classes({"CLASSES": respelt}, configs.class_names())  # spelling is not the point
+    with pytest.raises(checkpoint.CheckpointError, match="index 171"):
+        checkpoint.check_classes({"CLASSES": [*configs.class_names(), "extra"]}, configs.class_names())
     swapped = list(configs.class_names())
     swapped[0], swapped[1] = swapped[1], swapped[0]
     with pytest.raises(checkpoint.CheckpointError, match="index 0"):

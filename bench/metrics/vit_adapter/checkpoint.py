@@ -167,10 +167,15 @@ def load(model: ViTAdapterSegmentor, sd: dict[str, torch.Tensor], where: str = "
 def check_classes(meta: dict, names, where: str = "checkpoint") -> None:
     """If the checkpoint's meta lists its classes (mmcv's ``CLASSES``), they must be ``names`` in
     that order (the train ids the metric compares with); no list: nothing to check."""
+    from bench.metrics.segmenters import normalise
+
+    # spelling-tolerant (case, "_"/"-", aliases), order-strict
+
     classes = meta.get("CLASSES")
     if classes is None:
         return
-    if list(classes) != list(names):
-        diff = next((i for i, (a, b) in enumerate(zip(classes, names)) if a != b), min(len(classes), len(names)))
+    ours, theirs = [normalise(n) for n in names], [normalise(n) for n in classes]
+    if ours != theirs:
+        diff = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), min(len(theirs), len(ours)))
         raise CheckpointError(f"{where}: its classes differ from COCO-Stuff-164k's train-id order at index {diff} "
                               f"({len(classes)} classes; e.g. {list(classes)[diff:diff + 2]}): not a COCO-Stuff model")
