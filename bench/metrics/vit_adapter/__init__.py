@@ -15,7 +15,9 @@ compiled op, and loads the released checkpoints unchanged:
 * :mod:`.model`     -- the encoder-decoder, the released test pipeline (resize, slide window),
   and the official state-dict key list derived from a config;
 * :mod:`.checkpoint` -- reading the released file (``.pth.tar``/``.pth``/``.zip``) and strict loading;
-* :mod:`.segmenter` -- the ``vit-adapter`` backend of :mod:`bench.metrics.segmenters`.
+* :mod:`.segmenter` -- the ``vit-adapter`` backend of :mod:`bench.metrics.segmenters`;
+* :mod:`.reproduce` -- ``python -m bench.metrics.vit_adapter.reproduce``: the check that a checkpoint
+  gives its published mIoU on uncompressed COCO-Stuff-164k val.
 
 Import the submodules directly; this ``__init__`` imports nothing heavy.
 """
