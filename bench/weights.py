@@ -205,12 +205,13 @@ TABLE: tuple[WeightFile, ...] = (
 
 _extra: dict[str, WeightFile] = {}  # entries added at run time by plugins (see add())
 FAMILIES_PACKAGE = "bench.codecs"
+FAMILIES_PACKAGES = (FAMILIES_PACKAGE, "bench.metrics")  # metric subpackages may keep a table too (vit_adapter)
 _families: dict[str, WeightFile] | None = None  # learned codec families' tables, loaded on first use
 
 
 def family_entries() -> dict[str, WeightFile]:
-    """The weight tables of the learned codec families: each subpackage
-    ``bench/codecs/<family>/`` may hold a light module ``weights.py`` (no torch import)
+    """The weight tables of the learned codec families (and of metric subpackages such as
+    ``bench/metrics/vit_adapter/``): each subpackage ``bench/codecs/<family>/`` may hold a light module ``weights.py`` (no torch import)
     whose ``WEIGHTS`` is a sequence of :class:`WeightFile`. Imported once per process."""
     global _families
     if _families is None:
@@ -220,16 +221,17 @@ def family_entries() -> dict[str, WeightFile]:
 
         found: dict[str, WeightFile] = {}
         builtin = {w.id for w in TABLE}
-        package = importlib.import_module(FAMILIES_PACKAGE)
-        for info in pkgutil.iter_modules(package.__path__):
-            name = f"{FAMILIES_PACKAGE}.{info.name}.weights"
-            if not info.ispkg or importlib.util.find_spec(name) is None:
-                continue
-            for w in getattr(importlib.import_module(name), "WEIGHTS", ()):
-                _check_entry(w)
-                if w.id in found or w.id in builtin:
-                    raise ValueError(f"{name}: weight id {w.id!r} is already in the table")
-                found[w.id] = w
+        for pkg_name in FAMILIES_PACKAGES:
+            package = importlib.import_module(pkg_name)
+            for info in pkgutil.iter_modules(package.__path__):
+                name = f"{pkg_name}.{info.name}.weights"
+                if not info.ispkg or importlib.util.find_spec(name) is None:
+                    continue
+                for w in getattr(importlib.import_module(name), "WEIGHTS", ()):
+                    _check_entry(w)
+                    if w.id in found or w.id in builtin:
+                        raise ValueError(f"{name}: weight id {w.id!r} is already in the table")
+                    found[w.id] = w
         _families = found
     return _families
 

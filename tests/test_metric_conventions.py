@@ -42,7 +42,7 @@ def test_every_metric_states_its_conventions():
             assert isinstance(meta[key], str) and meta[key], (name, key)
         assert isinstance(m.unit, str) and isinstance(m.learned, bool)
     units = {n: e.obj.unit for n, e in registry.entries("metric").items() if e.obj.unit}
-    assert units == {"psnr": "dB", "miou": "%"}
+    assert units == {"psnr": "dB", "miou": "%", "miou_cocostuff": "%"}
     psnr = registry.get("metric", "psnr").obj
     assert psnr.axis_label() == "psnr (dB), higher is better"
     assert registry.get("metric", "gmsd").obj.axis_label() == "gmsd, lower is better"

@@ -338,3 +338,128 @@ def test_end_to_end_run(tmp_path, monkeypatch, tiny_seg, coco_mini_dir, coco3):
                           metrics=["psnr", "miou"], out=str(out), limit=3))
     assert res2.units_coded == 0 and built == ["cpu"]
     assert len(pd.read_parquet(out / "per_set.parquet").query("metric == 'miou'")) == 1
+
+
+# ---------------------------------------------------------------------------- PerCo's protocol: miou_cocostuff
+class _StuffOracle:
+    backend = "vit-adapter"
+
+    def __init__(self, maps):
+        self.maps = maps
+
+    def predict_trainid(self, rgb):
+        return self.maps[rgb.shape]
+
+    def describe(self):
+        return {"backend": "fake", "model": "oracle-171"}
+
+
+def test_cocostuff_known_answer(monkeypatch):
+    from bench.data.prepare import STUFF_SPACE
+
+    gt = np.full((4, 4), 170, np.uint8)  # wood (the last class) everywhere ...
+    gt[:2, :2] = 0  # ... a person top left ...
+    gt[3, :] = 255  # ... and an unlabeled bottom row
+    pred = np.full((4, 4), 170, np.uint8)
+    pred[:2, :1] = 0  # half of the person found
+    pred[3, :] = 80  # "banner" predicted on unlabeled pixels: ignored, so not a present class
+    pred[2, 3] = 100  # one wood pixel called class 100
+    metric = MIoU(name="miou_cocostuff", backend="vit-adapter", label_space=STUFF_SPACE)
+    monkeypatch.setattr(segmenters, "build_segmenter", lambda *a, **k: _StuffOracle({(4, 4, 3): pred}))
+    s = Sample("a", np.zeros((4, 4, 3), np.uint8), "x", label_maps={STUFF_SPACE: gt})
+    thing_only = Sample("b", np.zeros((4, 4, 3), np.uint8), "y", label_map=np.zeros((4, 4), np.uint8))
+    res = metric.compute_set([(s, s.rgb), (thing_only, thing_only.rgb)], "cpu")
+    # valid pixels: rows 0-2. person: target 4, pred 2 -> I 2, U 4 ; wood: target 8, pred 9 (2 of them on the
+    # person) -> I 7, U 10 ; class 100: I 0, U 1 ; banner (80) only on ignored pixels: absent
+    assert res["extra"]["n_classes"] == 3
+    assert res["value"] == pytest.approx(100 * (2 / 4 + 7 / 10 + 0 / 1) / 3)
+    assert res["value"] == pytest.approx(miou_by_hand([(pred, gt)]))
+    assert res["n_images"] == 1 and res["extra"]["skipped"] == ["b"] and res["extra"]["label_space"] == STUFF_SPACE
+    assert "0 person" in res["extra"]["iou_per_class"] and "170 wood" in res["extra"]["iou_per_class"]
+    assert res["extra"]["protocol"].startswith("NOT PerCo")
+    with pytest.raises(ValueError, match="coco2017-val512"):
+        metric.compute_set([(thing_only, thing_only.rgb)], "cpu")
+    with pytest.raises(ValueError, match="needs the vit-adapter backend"):
+        MIoU(label_space=STUFF_SPACE)
+    assert registry.get("metric", "miou_cocostuff").obj.label_space == STUFF_SPACE
+
+
+def test_cocostuff_end_to_end_on_prepared_coco(tmp_path, monkeypatch, coco_mini_dir):
+    """Real coco-mini JPEGs + instance annotations and hand-made COCO-Stuff maps through `bench datasets
+    prepare` (coco2017-val512: 512x512), then a run with miou_cocostuff on the tiny random ViT-Adapter."""
+    import json
+
+    import pandas as pd
+    from PIL import Image
+    from test_datasets_prepare import card_for, coco_index, png_bytes, write_zip
+
+    from bench.data import prepare as prep
+    from bench.runner import Experiment, run
+
+    ids = ["000000000139", "000000000802"]
+    files = {}
+    for i in ids:
+        with Image.open(coco_mini_dir / "images" / f"{i}.jpg") as im:
+            files[f"{i}.jpg"] = im.size
+    z = write_zip(tmp_path / "val2017.zip", {f"val2017/{i}.jpg": (coco_mini_dir / "images" / f"{i}.jpg").read_bytes()
+                                             for i in ids})
+    caps = coco_index(files)
+    caps["annotations"] = [{"id": k, "image_id": int(i), "caption": "a photo"} for k, i in enumerate(ids)]
+    inst = coco_index(files)
+    ann = write_zip(tmp_path / "annotations_trainval2017.zip",
+                    {"annotations/captions_val2017.json": json.dumps(caps).encode(),
+                     "annotations/instances_val2017.json": json.dumps(inst).encode()})
+    rng = np.random.default_rng(0)
+    stuff = write_zip(tmp_path / "stuffthingmaps_trainval2017.zip", {
+        f"val2017/{i}.png": png_bytes(rng.choice([0, 2, 91, 105, 181, 255], (h, w)).astype(np.uint8))
+        for i, (w, h) in zip(ids, files.values())})
+    card = card_for("coco2017-val512", {z.name: z, ann.name: ann, stuff.name: stuff}, tmp_path,
+                    expect={"count": 2, "size": [512, 512]})
+    data = tmp_path / "prepared"
+    assert prep.prepare(card, data, [z, ann, stuff], fetch=False).complete
+    monkeypatch.setenv("BENCH_VIT_ADAPTER_MODEL", "tiny")
+    monkeypatch.setenv("BENCH_VIT_ADAPTER_WEIGHTS", "random")
+    spec = registry.get("metric", "miou_cocostuff").obj
+    monkeypatch.setattr(spec, "_segmenters", {})
+    out = tmp_path / "run"
+    res = run(Experiment(dataset=card.path, data_dir=str(data), codecs=["jpeg"], points=[50],
+                         metrics=["miou_cocostuff"], out=str(out)))
+    assert not [p for p in res.problems if not p.startswith("note:")], res.problems
+    row = pd.read_parquet(out / "per_set.parquet").query("metric == 'miou_cocostuff'")
+    assert len(row) == 1 and row.iloc[0]["n_images"] == 2
+    extra = json.loads(row.iloc[0]["extra"])
+    assert extra["segmenter"]["model"] == "tiny" and extra["segmenter"]["weights"] == "random-seed0"
+    assert extra["protocol"].startswith("PerCo: 512")
+    # by hand: the same segmenter on the stored reconstructions against the prepared COCO-Stuff maps
+    from bench.metrics.vit_adapter.segmenter import ViTAdapterSegmenter
+
+    seg = ViTAdapterSegmenter("tiny", "random")
+    recon_dir = next((out / "recon").rglob("s0"))
+    pairs = [(seg.predict_trainid(np.asarray(Image.open(recon_dir / f"{i}.png"))),
+              np.asarray(Image.open(data / "labels" / prep.STUFF_SPACE / f"{i}.png"))) for i in ids]
+    assert row.iloc[0]["value"] == pytest.approx(miou_by_hand(pairs), rel=1e-9)
+
+
+def test_miou_things_with_vit_adapter_backend_on_coco_mini(tmp_path, monkeypatch, coco_mini_dir):
+    """`bench run --dataset coco-mini --metrics miou` with BENCH_MIOU_BACKEND=vit-adapter (tiny, random)."""
+    import json
+
+    import pandas as pd
+
+    from bench.runner import Experiment, run
+
+    monkeypatch.setenv("BENCH_MIOU_BACKEND", "vit-adapter")
+    monkeypatch.setenv("BENCH_VIT_ADAPTER_MODEL", "tiny")
+    monkeypatch.setenv("BENCH_VIT_ADAPTER_WEIGHTS", "random")
+    spec = registry.get("metric", "miou").obj
+    monkeypatch.setattr(spec, "_segmenters", {})
+    out = tmp_path / "run"
+    res = run(Experiment(dataset="coco-mini", data_dir=str(coco_mini_dir), codecs=["jpeg"], points=[50],
+                         metrics=["miou"], out=str(out), limit=2))
+    assert not [p for p in res.problems if not p.startswith("note:")], res.problems
+    row = pd.read_parquet(out / "per_set.parquet").query("metric == 'miou'")
+    assert len(row) == 1 and row.iloc[0]["n_images"] == 2 and 0 <= row.iloc[0]["value"] <= 100
+    extra = json.loads(row.iloc[0]["extra"])
+    assert extra["segmenter"]["backend"] == "vit-adapter"
+    assert extra["segmenter"]["label_mapping"]["things_matched"] == 80
+    assert "vit-adapter:tiny+random-seed0" in spec.version()

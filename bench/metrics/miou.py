@@ -25,6 +25,19 @@ PerCo used ViT-Adapter on COCO-Stuff-164k (171 classes: things + stuff) at
 instance annotations) and images at native size, so its numbers are not the
 paper's. ``extra`` of each row names the segmenter (backend, model id, label
 mapping) that produced it.
+
+``miou_cocostuff`` is PerCo's protocol (Sec. 4.1, Fig. 3/7, Table 1): the same
+accumulator in the COCO-Stuff-164k label space (``label_space="cocostuff164k-trainid"``):
+the ViT-Adapter segmenter's 171 train ids (``bench.metrics.vit_adapter``; backend
+``vit-adapter``, the only one predicting that space) against the 171-class maps of
+``Sample.label_maps["cocostuff164k-trainid"]`` (dataset ``coco2017-val512``: 512×512
+centre crops, 255 = unlabeled, ignored). Classes count where present (union > 0),
+as mmsegmentation's mIoU does (nan-mean over classes). It is a separate registered
+name rather than an option of ``miou`` because metrics are chosen by name on the
+command line and both columns can then be reported by one run, each with its own
+resume key. Its version names the variant and the weights (registry id, file, or
+``random-seed0``), so switching either recomputes. ``extra["protocol"]`` says whether
+every image was 512×512 (PerCo's setting).
 """
 from __future__ import annotations
 
@@ -32,8 +45,13 @@ import numpy as np
 
 from bench import registry
 from bench.data.coco import IGNORE, LABEL_SPACE
+from bench.data.prepare import STUFF_SPACE
 from bench.metrics import segmenters
 from bench.metrics.base import SetMetric
+
+LABEL_SPACES = (LABEL_SPACE, STUFF_SPACE)
+STUFF_CLASSES = 171
+PERCO_SIZE = (512, 512)
 
 
 class IoUAccumulator:
@@ -88,7 +106,8 @@ class IoUAccumulator:
 
 
 class MIoU(SetMetric):
-    """Set metric ``miou`` (see module doc); ``backend``: auto | transformers | mmseg.
+    """Set metrics ``miou`` and ``miou_cocostuff`` (see module doc); ``backend``: auto | transformers |
+    mmseg | vit-adapter; ``label_space``: coco-things-catid (``miou``) | cocostuff164k-trainid.
 
     ``update(sample, recon)`` segments one reconstruction and adds it to the set's confusion
     matrix (images without a label map are counted and skipped); ``compute()`` gives the mIoU."""
@@ -103,17 +122,41 @@ class MIoU(SetMetric):
     licence = "segmenter weights' licence (bench weights list); transformers/mmsegmentation: Apache-2.0"
 
     def __init__(self, name: str = "miou", backend: str = "auto", model: str = segmenters.DEFAULT_MODEL,
-                 model_dir=None, min_things: int = 60) -> None:
+                 model_dir=None, min_things: int = 60, label_space: str = LABEL_SPACE) -> None:
+        if label_space not in LABEL_SPACES:
+            raise ValueError(f"miou: label_space {label_space!r} is not one of {LABEL_SPACES}")
+        if label_space == STUFF_SPACE and backend != "vit-adapter":
+            raise ValueError(f"miou: label space {STUFF_SPACE} needs the vit-adapter backend (171 classes)")
         self.name = name
         self.backend = backend
         self.model = model
         self.model_dir = model_dir
         self.min_things = min_things
+        self.label_space = label_space
         self._segmenters: dict = {}
         self.reset()
-        self.convention = ("segment recon, map model labels to COCO thing ids by name (stuff -> 0 background); "
-                           "IoU per class over the whole set (0 = background is a class, 255 ignored); "
-                           "mean over present classes, ×100")
+        if label_space == STUFF_SPACE:
+            self.convention = ("PerCo: ViT-Adapter (COCO-Stuff-164k) train ids vs COCO-Stuff 171-class maps "
+                               "(512×512, 255 ignored); IoU per class over the whole set; mean over classes "
+                               "present in GT or prediction, ×100")
+        else:
+            self.convention = ("segment recon, map model labels to COCO thing ids by name (stuff -> 0 background); "
+                               "IoU per class over the whole set (0 = background is a class, 255 ignored); "
+                               "mean over present classes, ×100")
+
+    @property
+    def stuff(self) -> bool:
+        return self.label_space == STUFF_SPACE
+
+    def _vit_adapter(self):
+        """(variant config, weights spec) for the vit-adapter backend."""
+        from bench.metrics.vit_adapter import configs
+        from bench.metrics.vit_adapter import segmenter as va
+
+        try:
+            return va.selection(self.model if self.model in configs.VARIANTS else None)
+        except ValueError as exc:
+            raise segmenters.SegmenterError(f"{self.name}: {exc}") from None
 
     @property
     def weights(self) -> tuple[str, ...]:
@@ -125,6 +168,12 @@ class MIoU(SetMetric):
         backend = segmenters.resolve_backend(self.backend)
         if backend == "mmseg":
             return () if os.environ.get("BENCH_MMSEG_CHECKPOINT") else (segmenters.MMSEG_WEIGHT_ID,)
+        if backend == "vit-adapter":
+            try:
+                cfg, spec = self._vit_adapter()
+            except ValueError:
+                return ()  # available() explains
+            return (cfg.weight_id,) if spec == "registry" else ()
         if self.model_dir or os.environ.get("BENCH_MIOU_MODEL_DIR"):
             return ()
         wid = segmenters.WEIGHT_IDS.get(self.model)
@@ -142,8 +191,23 @@ class MIoU(SetMetric):
 
     def available(self) -> tuple[bool, str]:
         import importlib.util
+        from pathlib import Path
 
         backend = segmenters.resolve_backend(self.backend)
+        if backend == "vit-adapter":
+            for mod in ("torch", "timm"):
+                if importlib.util.find_spec(mod) is None:
+                    return False, f"the vit-adapter segmenter needs {mod}: pip install {mod}"
+            try:
+                cfg, spec = self._vit_adapter()
+            except ValueError as exc:
+                return False, str(exc)
+            if not cfg.implemented:
+                return False, (f"ViT-Adapter variant {cfg.name} ({cfg.head} head) is not implemented yet; "
+                               "use upernet-beit-l-cocostuff164k")
+            if spec not in ("registry", "random") and not Path(spec).is_file():
+                return False, f"ViT-Adapter checkpoint {spec} not found ($BENCH_VIT_ADAPTER_WEIGHTS)"
+            return True, ""
         if backend == "mmseg":
             ok, why = segmenters.mmseg_available()
             if not ok:
@@ -167,8 +231,15 @@ class MIoU(SetMetric):
         if backend == "mmseg":
             config, checkpoint, _ = segmenters.mmseg_files()
             model = f"{config.name if config else '?'}+{checkpoint.name if checkpoint else '?'}"
+        elif backend == "vit-adapter":
+            from bench.metrics.vit_adapter.segmenter import weights_tag
+
+            cfg, spec = self._vit_adapter()
+            model = f"{cfg.name}+{weights_tag(cfg, spec)}:vit-adapter-port-1"
         else:
             model = self.model
+        if self.stuff:
+            return f"miou-cocostuff-1:{backend}:{model}:{STUFF_SPACE}:ignore={IGNORE}:present=union>0"
         return f"miou-1:{backend}:{model}:{LABEL_SPACE}:ignore={IGNORE}:bg=class:min_things={self.min_things}"
 
     def segmenter(self, device: str):
@@ -181,26 +252,60 @@ class MIoU(SetMetric):
         self._acc = IoUAccumulator(256, IGNORE)
         self._labelled = 0
         self._skipped: list[str] = []
+        self._sizes: set[tuple[int, int]] = set()
+
+    def _target(self, sample):
+        if self.stuff:
+            return (getattr(sample, "label_maps", None) or {}).get(STUFF_SPACE)
+        return sample.label_map
 
     def update(self, sample, recon) -> None:
-        if sample.label_map is None:
+        target = self._target(sample)
+        if target is None:
             self._skipped.append(sample.id)
             return
-        if recon.shape[:2] != sample.label_map.shape:
-            raise ValueError(f"miou: image {sample.id}: reconstruction {recon.shape[:2]} and label map "
-                             f"{sample.label_map.shape} differ in size")
-        pred = self.segmenter(self.device).predict(recon)
-        if pred.shape != sample.label_map.shape:
-            raise ValueError(f"miou: segmenter returned {pred.shape} for image {sample.id} of "
-                             f"{sample.label_map.shape}")
-        self._acc.update(pred, sample.label_map)
+        if recon.shape[:2] != target.shape:
+            raise ValueError(f"{self.name}: image {sample.id}: reconstruction {recon.shape[:2]} and label map "
+                             f"{target.shape} differ in size")
+        seg = self.segmenter(self.device)
+        pred = seg.predict_trainid(recon) if self.stuff else seg.predict(recon)
+        if pred.shape != target.shape:
+            raise ValueError(f"{self.name}: segmenter returned {pred.shape} for image {sample.id} of "
+                             f"{target.shape}")
+        self._acc.update(pred, target)
         self._labelled += 1
+        self._sizes.add(tuple(target.shape))
 
     def compute(self) -> dict:
         if not self._labelled:
+            if self.stuff:
+                raise ValueError(f"{self.name}: none of the {len(self._skipped)} images has a COCO-Stuff label map "
+                                 f"(label_maps[{STUFF_SPACE!r}]); use the prepared dataset coco2017-val512 "
+                                 "(`bench datasets prepare coco2017-val512`)")
             raise ValueError(f"miou: none of the {len(self._skipped)} images has a ground-truth label map; "
                              "use a dataset with segmentation annotations (e.g. coco-mini, coco-val2017)")
         res = self._acc.compute()
+        if self.stuff:
+            from bench.metrics.vit_adapter.configs import class_names
+
+            names = class_names()
+            perco = self._sizes == {PERCO_SIZE}
+            return {
+                "value": 100.0 * res["miou"],
+                "n_images": self._labelled,
+                "extra": {
+                    "segmenter": self.segmenter(self.device).describe(),
+                    "label_space": STUFF_SPACE,
+                    "ignore_index": IGNORE,
+                    "n_classes": len(res["classes"]),
+                    "iou_per_class": {f"{c} {names[c]}": round(v, 6) for c, v in res["iou"].items()},
+                    "image_sizes": sorted(f"{h}x{w}" for h, w in self._sizes),
+                    "protocol": ("PerCo: 512×512 images, COCO-Stuff 171 classes" if perco else
+                                 "NOT PerCo's 512×512 setting: images of other sizes"),
+                    "n_skipped_no_label_map": len(self._skipped),
+                    "skipped": self._skipped[:50],
+                },
+            }
         return {
             "value": 100.0 * res["miou"],
             "n_images": self._labelled,
@@ -218,3 +323,5 @@ class MIoU(SetMetric):
 
 
 registry.add("metric", "miou", MIoU())
+# the variant and weights come from $BENCH_VIT_ADAPTER_MODEL / $BENCH_VIT_ADAPTER_WEIGHTS (defaults: UperNet, registry)
+registry.add("metric", "miou_cocostuff", MIoU(name="miou_cocostuff", backend="vit-adapter", label_space=STUFF_SPACE))

@@ -39,15 +39,25 @@ Backends
     ``bench.weights`` id ``seg-deeplabv3-r101-cocostuff164k``); override with
     ``$BENCH_MMSEG_CONFIG`` / ``$BENCH_MMSEG_CHECKPOINT``. PerCo used
     ViT-Adapter on COCO-Stuff-164k; ViT-Adapter's released segmentation code
-    targets mmseg 0.x / mmcv-full 1.x with its own modules, so it is not the
-    default here. The backend needs mmcv's compiled ops (``mmcv.ops``): mmcv
+    targets mmseg 0.x / mmcv-full 1.x with its own compiled ops, so bench runs
+    it through its own port instead (``vit-adapter`` below). The backend needs mmcv's compiled ops (``mmcv.ops``): mmcv
     2.1.0 is on PyPI only as source, its setup.py forces -std=c++17 while
     torch 2.14's headers need C++20 (building with -std=c++20 works, ~22 min on
     2 cores); mmcv-lite is not enough (``mmseg.apis`` imports ``mmcv.ops``).
 
-``auto`` (the ``miou`` metric's default) picks mmseg when ``mmcv.ops`` imports
-and its checkpoint is in place, else transformers; ``$BENCH_MIOU_BACKEND``
-forces one. Rows say which one ran (``extra["segmenter"]``), and the backend is
+  * ``vit-adapter``: PerCo's segmenter, ViT-Adapter-L trained on COCO-Stuff-164k
+    (171 classes), rebuilt in plain PyTorch in ``bench.metrics.vit_adapter`` and loading
+    the released checkpoint unchanged (``bench weights fetch
+    vit-adapter-upernet-beit-l-cocostuff164k``). Variant ``$BENCH_VIT_ADAPTER_MODEL``
+    (default ``upernet-beit-l-cocostuff164k``; the Mask2Former releases are listed but
+    not implemented), weights ``$BENCH_VIT_ADAPTER_WEIGHTS`` (``registry`` default, a
+    path, or ``random`` for smoke runs). Its ``predict_trainid`` gives the 171-class
+    train ids that ``miou_cocostuff`` compares with COCO-Stuff maps; ``predict`` maps
+    them to the thing label space above for ``miou``.
+
+``auto`` (the ``miou`` metric's default) picks vit-adapter when its released
+checkpoint is in place, else mmseg when ``mmcv.ops`` imports and its checkpoint is in
+place, else transformers; ``$BENCH_MIOU_BACKEND`` forces one. Rows say which one ran (``extra["segmenter"]``), and the backend is
 part of the metric version, so switching recomputes instead of mixing.
 """
 from __future__ import annotations
@@ -292,12 +302,26 @@ class MMSegSegmenter:
 
 
 # ---------------------------------------------------------------------------- selection
-BACKENDS = ("auto", "transformers", "mmseg")
+BACKENDS = ("auto", "transformers", "mmseg", "vit-adapter")
+
+
+def vit_adapter_checkpoint_present() -> bool:
+    """Whether the default ViT-Adapter variant's released checkpoint is in bench's weight cache
+    (or ``$BENCH_VIT_ADAPTER_WEIGHTS`` names an existing file). No torch import."""
+    from bench.metrics.vit_adapter import segmenter as va
+
+    try:
+        cfg, spec = va.selection()
+        path = va.checkpoint_path(cfg, spec)
+    except (ValueError, KeyError, ImportError):
+        return False
+    return path is not None and path.is_file()
 
 
 def resolve_backend(backend: str = "auto") -> str:
-    """``auto``: mmseg when mmcv.ops imports and its checkpoint is in place, else transformers.
-    ``$BENCH_MIOU_BACKEND`` overrides ``auto``."""
+    """``auto``: vit-adapter when its released checkpoint is in place, else mmseg when mmcv.ops
+    imports and its checkpoint is in place, else transformers. ``$BENCH_MIOU_BACKEND`` overrides
+    ``auto``."""
     if backend not in BACKENDS:
         raise SegmenterError(f"unknown segmenter backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
@@ -307,6 +331,8 @@ def resolve_backend(backend: str = "auto") -> str:
     if backend == "auto":
         import importlib.util
 
+        if vit_adapter_checkpoint_present():
+            return "vit-adapter"
         if importlib.util.find_spec("mmcv") is None:
             return "transformers"  # the cheap common case: no import of torch here
         _, checkpoint, _ = mmseg_files()
@@ -320,4 +346,10 @@ def build_segmenter(backend: str = "auto", device: str = "cpu", model: str = DEF
     backend = resolve_backend(backend)
     if backend == "mmseg":
         return MMSegSegmenter(device=device, min_things=min_things)
+    if backend == "vit-adapter":
+        # ``model`` here is the transformers model id unless it names a ViT-Adapter variant
+        from bench.metrics.vit_adapter.configs import VARIANTS
+        from bench.metrics.vit_adapter.segmenter import ViTAdapterSegmenter
+
+        return ViTAdapterSegmenter(model if model in VARIANTS else None, device=device, min_things=min_things)
     return TransformersSegmenter.from_dir(model, model_dir, device, min_things)
