@@ -226,9 +226,9 @@ def test_a_paper_table_row_is_a_reference_with_its_columns_on_their_sets(tmp_pat
     run's rows of its own set and image count."""
     ref = reference.load("coco30k/perco-table1")
     assert ref.codec == "perco" and ref.meta["paper"] == "perco-iclr2024" and "Table 1" in ref.meta["where"]
-    assert ref.rows == {"0.0098": {"bpp": 0.0112, "fid": 4.42, "lpips": 0.39, "ssim_rgb": 0.58, "miou": 46.64,
+    assert ref.rows == {"0.0098": {"bpp": 0.0112, "fid": 4.42, "lpips": 0.39, "ssim_rgb": 0.58, "miou_cocostuff": 46.64,
                                    "clip_score": 29.05}}
-    assert (ref.dataset_of("miou"), ref.n_images("miou")) == ("coco2017-val512", 5000)
+    assert (ref.dataset_of("miou_cocostuff"), ref.n_images("miou_cocostuff")) == ("coco2017-val512", 5000)
     assert (ref.dataset_of("fid"), ref.n_images("fid")) == ("coco30k", 30000)
     rows = [dict(run_id="r", dataset=ref.dataset_of(m), codec="perco", point="0.0098", seed=0, metric=m, value=v,
                  n_images=ref.n_images(m), n_patches=None, aggregate="mean", weights="pretrained",
@@ -236,13 +236,13 @@ def test_a_paper_table_row_is_a_reference_with_its_columns_on_their_sets(tmp_pat
             for m, v in ref.rows["0.0098"].items() if m != "bpp"]
     pd.DataFrame(rows).to_parquet(tmp_path / "per_set.parquet")
     res = reference.compare(tmp_path, ref)
-    assert res.passed and {c.quantity for c in res.checks} == {"bpp", "fid", "lpips", "ssim_rgb", "miou",
+    assert res.passed and {c.quantity for c in res.checks} == {"bpp", "fid", "lpips", "ssim_rgb", "miou_cocostuff",
                                                                 "clip_score"}
     # the mIoU row at the wrong set (COCO 30k) is not the published mIoU: moved there, it is not found
     moved = pd.DataFrame(rows)
-    moved.loc[moved.metric == "miou", "dataset"] = "coco30k"
+    moved.loc[moved.metric == "miou_cocostuff", "dataset"] = "coco30k"
     moved.to_parquet(tmp_path / "per_set.parquet")
-    assert "0.0098 miou" in reference.compare(tmp_path, ref).not_in_run
+    assert "0.0098 miou_cocostuff" in reference.compare(tmp_path, ref).not_in_run
 
 
 def test_a_published_method_that_is_not_a_bench_codec(tmp_path):
