@@ -277,12 +277,13 @@ def _encode_unit(task: UnitTask, settings: CodecSettings, out: dict) -> tuple[by
 def _decode_group(decoder: Codec, datas: list[bytes], seeds: list[int]) -> tuple[list[Any], list[float]]:
     """Decode the bitstreams of one codec card: (recon or the exception, seconds) per item.
 
-    Adapters with ``decode_batch`` (learned codecs) decode them together: same-point,
-    same-size items in one forward pass, each item's pixels equal to its own ``decode``
-    (the adapter's contract, tested). Its time is shared evenly among the items. If the
-    batch fails, every item is decoded on its own, so one bad bitstream fails alone."""
+    Adapters whose batched decode gives exactly the pixels of decoding each bitstream alone
+    (``batch_decode_exact``, e.g. the CompressAI zoo) decode them together with
+    ``decode_batch``: same-point, same-size items in one forward pass. Its time is shared
+    evenly among the items. If the batch fails, every item is decoded on its own, so one
+    bad bitstream fails alone. Other adapters decode one bitstream at a time."""
     batched = getattr(decoder, "decode_batch", None)
-    if callable(batched) and len(datas) > 1:
+    if callable(batched) and getattr(decoder, "batch_decode_exact", False) and len(datas) > 1:
         t0 = time.perf_counter()
         try:
             recons = list(batched(datas, seeds))

@@ -218,3 +218,32 @@ def test_stored_pairs_read_each_pair_when_reached(crops, tmp_path):
     assert loads == [items[0].id] and np.array_equal(first[0].rgb, first[1])
     assert [s.id for s, _ in pairs] == [it.id for it in items] and len(loads) == 4  # nothing kept between reads
     assert [s.id for s, _ in pairs[1:]] == [it.id for it in items[1:]]
+
+
+def test_codecs_without_exact_batches_decode_one_at_a_time(crops, tmp_path, monkeypatch, distinct):
+    """CDC, PerCo and MS-ILLM do not claim batch_decode_exact: --batch groups their units for the
+    metrics but decodes one bitstream per pass, so results do not depend on the batch size."""
+    from bench.codecs.cdc.adapter import CDC
+    from bench.codecs.msillm.adapter import MSILLMCodec
+    from bench.codecs.perco.adapter import PerCo
+
+    assert not any(cls.batch_decode_exact for cls in (CDC, PerCo, MSILLMCodec))
+    adapter = registry.get("codec", "compressai-zoo").obj
+    monkeypatch.setattr(adapter, "batch_decode_exact", False)
+    sizes = _count_decode_batches(monkeypatch)
+    res = run(_exp(crops, tmp_path / "r", batch=4, points=[1]))
+    assert res.units_coded == 5 and set(sizes) == {1}
+
+
+@pytest.mark.needs_gpu
+def test_zoo_batched_decode_on_cuda_equals_single_decodes(crops, distinct):
+    """Whether the zoo's batched synthesis is exact on CUDA too (if so, batch_decode_exact may
+    hold there); bytes written on the GPU, decoded there singly and as one batch."""
+    from bench.runner import build_codec, resolve_card
+
+    card = resolve_card("codec", ZOO)
+    enc, dec = build_codec(card, "cuda", init="random"), build_codec(card, "cuda", init="random")
+    datas = [enc.encode(read_rgb(crops / f"a{i}.png")[0], 1) for i in range(4)]
+    assert len(set(datas)) == 4
+    for one, batched in zip([dec.decode(d) for d in datas], dec.decode_batch(datas)):
+        assert np.array_equal(one, batched)
