@@ -247,3 +247,17 @@ def test_zoo_batched_decode_on_cuda_equals_single_decodes(crops, distinct):
     assert len(set(datas)) == 4
     for one, batched in zip([dec.decode(d) for d in datas], dec.decode_batch(datas)):
         assert np.array_equal(one, batched)
+
+
+def test_cli_takes_metric_batch(crops, tmp_path):
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    bad = CliRunner().invoke(app, ["run", "--data-dir", str(crops), "--codec", "jpeg", "--points", "50",
+                                   "--metrics", "psnr", "--metric-batch", "0", "--out", str(tmp_path / "r")])
+    assert bad.exit_code == 2 and "--metric-batch must be at least 1" in bad.output
+    ok = CliRunner().invoke(app, ["run", "--data-dir", str(crops), "--codec", "jpeg", "--points", "50", "--metrics",
+                                  "psnr", "--metric-batch", "4", "--batch", "4", "--no-plot", "--out", str(tmp_path / "r")])
+    assert ok.exit_code == 0, ok.output
+    assert len(read_table(tmp_path / "r", "per_image")) == 5
