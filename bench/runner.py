@@ -409,7 +409,7 @@ def batches(tasks: Iterator[UnitTask | None], size: int) -> Iterator[list[UnitTa
         for task in tasks:
             yield None if task is None else [task]
         return
-    waiting: dict[tuple, list[UnitTask]] = {}  # (card hash, point, seed-free, image shape) -> tasks, oldest first
+    waiting: dict[tuple, list[UnitTask]] = {}  # (card hash, point, image shape) -> tasks; oldest group first
     images: dict[str, int] = {}  # image id -> waiting units of it
 
     def take(key: tuple) -> list[UnitTask]:

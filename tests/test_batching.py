@@ -192,7 +192,8 @@ PROBE = _PairsProbe()
 
 
 def test_set_metrics_get_lazy_pairs_and_the_metric_batch(crops, tmp_path, monkeypatch):
-    registry.add("metric", PROBE.name, PROBE)
+    registry.entries("metric")  # built-ins loaded; the probe is registered for this test only
+    monkeypatch.setitem(registry._entries["metric"], PROBE.name, registry.Entry("metric", PROBE.name, PROBE))
     monkeypatch.setattr(_PairsProbe, "seen", [])
     run(_exp(crops, tmp_path / "r", codecs=["jpeg"], points=[20, 60], init="pretrained",
              metrics=["psnr", PROBE.name], metric_batch=5))

@@ -81,12 +81,14 @@ def test_metric_batch_sets_the_extractor_batch(crops, tmp_path, counted, monkeyp
     assert registry.get("metric", "fid").obj.batch_size == 32  # the registered metric keeps its default
 
 
-def test_caption_embeddings_are_computed_once_across_points(coco_mini_dir, tmp_path):
+def test_caption_embeddings_are_computed_once_across_points(coco_mini_dir, tmp_path, monkeypatch):
     from bench.metrics.clip_score import ClipScore
 
     model = tiny_clip()
     name = "clip_score_reuse_test"
-    registry.add("metric", name, ClipScore(name=name, model_factory=lambda: model))
+    registry.entries("metric")  # built-ins loaded; this metric is registered for this test only
+    monkeypatch.setitem(registry._entries["metric"], name,
+                        registry.Entry("metric", name, ClipScore(name=name, model_factory=lambda: model)))
     exp = Experiment(dataset="coco-mini", data_dir=str(coco_mini_dir), codecs=["jpeg"], points=[20, 50, 80],
                      metrics=[name], out=str(tmp_path / "r"), limit=2, batch=3)
     res = run(exp)
