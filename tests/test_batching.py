@@ -4,6 +4,7 @@ a bad bitstream failing alone, and the set metrics' batch size and lazy pairs.""
 from __future__ import annotations
 
 import types
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -175,7 +176,7 @@ class _PairsProbe:
     kind = "per_set"
     higher_better = True
     batch_size = 32
-    seen: list = []
+    seen: ClassVar[list] = []
 
     def available(self):
         return True, ""

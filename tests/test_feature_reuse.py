@@ -8,13 +8,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from test_clip_score import tiny_clip
+from test_fid import RandomExtractor
 
 from bench import registry
 from bench.data.images import pixel_sha256, read_rgb
 from bench.metrics import fid
 from bench.runner import Experiment, _engine, run
-from test_clip_score import tiny_clip
-from test_fid import RandomExtractor
 
 
 @pytest.fixture(scope="module")
