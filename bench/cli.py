@@ -82,8 +82,12 @@ def run_cmd(
                                        "labelled weights=random and kept out of figures and comparisons).",
                                        show_default="pretrained"),
     limit: Optional[int] = typer.Option(None, help="Only the first N images.", show_default="all"),
-    batch: Optional[int] = typer.Option(None, help="Units of one image scored together, one forward per metric "
-                                        "(useful on GPU); a killed run loses at most one batch.", show_default="1"),
+    batch: Optional[int] = typer.Option(None, help="Units decoded and scored together: same codec point and image "
+                                        "size, across images; learned codecs decode them in one forward pass, each "
+                                        "metric scores them in one (useful on GPU). A killed run loses at most one "
+                                        "batch.", show_default="1"),
+    metric_batch: Optional[int] = typer.Option(None, help="Images (FID/KID: crops) per feature-extractor forward "
+                                               "pass of set metrics.", show_default="32"),
     plot: bool = typer.Option(True, help="Write rate–metric plots when done."),
     program: Optional[list[str]] = typer.Option(None, "--program", help="NAME=PATH: run this executable as program "
                                                 "NAME, e.g. EncoderAppStatic=/opt/vtm/bin/EncoderAppStatic "
@@ -97,7 +101,8 @@ def run_cmd(
     overrides = dict(dataset=dataset, data_dir=data_dir, codecs=_split(codec),
                      points=[_point(p) for p in _split(points)] if points else None, metrics=_split(metrics),
                      seeds=[int(s) for s in _split(seeds)] if seeds else None, out=out, workers=workers,
-                     device=device, dtype=dtype, init=init, limit=limit, batch=batch)
+                     device=device, dtype=dtype, init=init, limit=limit, batch=batch,
+                     metric_batch=metric_batch)
     try:
         exp = (Experiment.from_yaml(experiment, **overrides) if experiment
                else Experiment(**{k: v for k, v in overrides.items() if v is not None}))

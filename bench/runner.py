@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
@@ -67,7 +67,8 @@ class Experiment:
     dtype: str = "float32"  # learned codecs' compute dtype: float32, float16 or bfloat16
     init: str = "pretrained"  # learned codecs: "pretrained" (official weights) or "random" (smoke tests)
     limit: int | None = None  # only the first N images (quick looks)
-    batch: int = 1  # units of one image scored together (one forward per metric); a kill loses one batch
+    batch: int = 1  # units decoded and scored together (same codec point and image size; see batches())
+    metric_batch: int | None = None  # set metrics' images/crops per feature-extractor forward (None: theirs, 32)
 
     def __post_init__(self) -> None:
         if self.dataset is None:
@@ -91,8 +92,8 @@ class Experiment:
         """Raise ExperimentError for settings that cannot work."""
         from bench.codecs.base import INITS
 
-        if self.workers < 1 or self.batch < 1:
-            raise ExperimentError("--workers and --batch must be at least 1")
+        if self.workers < 1 or self.batch < 1 or (self.metric_batch is not None and self.metric_batch < 1):
+            raise ExperimentError("--workers, --batch and --metric-batch must be at least 1")
         if self.dtype not in DTYPES:
             raise ExperimentError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.init not in INITS:
@@ -244,16 +245,20 @@ def _engine(names: list[str], device: str):
     return engine
 
 
-def _code_unit(task: UnitTask, settings: CodecSettings) -> tuple[dict, np.ndarray | None]:
-    """Codec work of one unit (or reading its stored reconstruction): (result, recon or None)."""
-    out: dict = {"unit_key": task.unit_key, "unit": None, "metrics": {}, "errors": []}
-    where = f"{task.card.name} @ {point_str(task.point)} on {task.image_id}"
-    if not task.need_codec:
-        try:
-            return out, read_rgb(task.recon_path)[0]
-        except ImageError as exc:
-            out["errors"].append(f"{where}: stored reconstruction unreadable ({exc}); delete it to recompute")
-            return out, None
+def _where(task: UnitTask) -> str:
+    return f"{task.card.name} @ {point_str(task.point)} on {task.image_id}"
+
+
+def _fail(out: dict, task: UnitTask, exc: Exception) -> None:
+    """Record a unit's codec failure: a CodecError & co. as is, anything else as an adapter bug."""
+    known = (CodecError, ExperimentError, OSError, ValueError)
+    what = str(exc) if isinstance(exc, known) else f"adapter error {type(exc).__name__}: {exc}"
+    out["errors"].append(f"{_where(task)}: {what}")
+    out["failed"] = True
+
+
+def _encode_unit(task: UnitTask, settings: CodecSettings, out: dict) -> tuple[bytes, float] | None:
+    """Encode, store the bytes, read them back: (stored bytes, encode seconds), or None (failed)."""
     try:
         encoder = _codec(task.card, settings, "encode")
         t0 = time.perf_counter()
@@ -263,27 +268,60 @@ def _code_unit(task: UnitTask, settings: CodecSettings) -> tuple[dict, np.ndarra
         if not isinstance(data, (bytes, bytearray)):
             raise CodecError(f"encode returned {type(data).__name__}, not bytes")
         atomic_write_bytes(task.paths.bitstream, bytes(data))
-        stored = task.paths.bitstream.read_bytes()  # decode from what is on disk, nothing else
-        decoder = _codec(task.card, settings, "decode")
+        return task.paths.bitstream.read_bytes(), enc_s  # decode from what is on disk, nothing else
+    except Exception as exc:  # noqa: BLE001 - this unit fails, the run goes on
+        _fail(out, task, exc)
+        return None
+
+
+def _decode_group(decoder: Codec, datas: list[bytes], seeds: list[int]) -> tuple[list[Any], list[float]]:
+    """Decode the bitstreams of one codec card: (recon or the exception, seconds) per item.
+
+    Adapters whose batched decode gives exactly the pixels of decoding each bitstream alone
+    (``batch_decode_exact``, e.g. the CompressAI zoo) decode them together with
+    ``decode_batch``: same-point, same-size items in one forward pass. Its time is shared
+    evenly among the items. If the batch fails, every item is decoded on its own, so one
+    bad bitstream fails alone. Other adapters decode one bitstream at a time."""
+    batched = getattr(decoder, "decode_batch", None)
+    if callable(batched) and getattr(decoder, "batch_decode_exact", False) and len(datas) > 1:
         t0 = time.perf_counter()
-        recon = decoder.decode(stored, task.seed)
-        dec_s = time.perf_counter() - t0
+        try:
+            recons = list(batched(datas, seeds))
+        except Exception:  # noqa: BLE001 - retried one by one below, which names the culprit
+            recons = None
+        if recons is not None and len(recons) == len(datas):
+            share = (time.perf_counter() - t0) / len(datas)
+            return recons, [share] * len(datas)
+    results, times = [], []
+    for data, seed in zip(datas, seeds):
+        t0 = time.perf_counter()
+        try:
+            results.append(decoder.decode(data, seed))
+        except Exception as exc:  # noqa: BLE001 - reported with its unit
+            results.append(exc)
+        times.append(time.perf_counter() - t0)
+    return results, times
+
+
+def _finish_unit(task: UnitTask, settings: CodecSettings, out: dict, stored: bytes, enc_s: float, recon: Any,
+                 dec_s: float) -> np.ndarray | None:
+    """Check and store a decoded reconstruction and fill the unit row; returns the recon or None."""
+    try:
+        if isinstance(recon, Exception):
+            raise recon
+        decoder = _codec(task.card, settings, "decode")
         recon = check_recon(task.card.name, task.rgb.shape, recon)
         breakdown = decoder.bits_breakdown(stored)
         estimate = getattr(decoder, "estimated_bits", None)  # official rate estimate (CDC): a second row kind
         est_bits = float(estimate(stored)) if callable(estimate) else None
-    except (CodecError, ExperimentError, OSError, ValueError) as exc:
-        out["errors"].append(f"{where}: {exc}")
-        out["failed"] = True
-        return out, None
-    except Exception as exc:  # an adapter bug: this unit fails, the run goes on
-        out["errors"].append(f"{where}: adapter error {type(exc).__name__}: {exc}")
-        out["failed"] = True
-        return out, None
+    except Exception as exc:  # noqa: BLE001 - this unit fails, the run goes on
+        _fail(out, task, exc)
+        return None
     with atomic_path(task.paths.recon) as tmp:
         write_png(recon, tmp)
     h, w = task.rgb.shape[:2]
     bits = 8 * len(stored)
+    encoder = _codec(task.card, settings, "encode")
     out["unit"] = dict(
         unit_key=task.unit_key, dataset=task.dataset, image_id=task.image_id, image_sha256=task.image_sha256,
         codec=task.card.name, card_hash=task.card.hash, point=point_str(task.point), seed=task.seed,
@@ -291,47 +329,110 @@ def _code_unit(task: UnitTask, settings: CodecSettings) -> tuple[dict, np.ndarra
         breakdown=_json(breakdown), bitstream=str(task.paths.bitstream),
         recon=str(task.paths.recon), bitstream_sha256=sha256_bytes(stored), weights=encoder.weights,
         fingerprint=_json(task.fingerprint), est_bits=est_bits)
-    return out, recon
+    return recon
+
+
+def _code_units(tasks: list[UnitTask], settings: CodecSettings) -> list[tuple[dict, np.ndarray | None]]:
+    """Codec work of several units: each encoded and stored on its own, then the stored bytes
+    of each codec card decoded together (:func:`_decode_group`) by the card's decode instance;
+    units already coded read their stored reconstruction. One (result, recon or None) per task."""
+    res: list[tuple[dict, np.ndarray | None]] = []
+    todo: dict[str, list[tuple[int, bytes, float]]] = {}  # card hash -> (task index, stored bytes, enc_s)
+    for i, task in enumerate(tasks):
+        out: dict = {"unit_key": task.unit_key, "unit": None, "metrics": {}, "errors": []}
+        res.append((out, None))
+        if not task.need_codec:
+            try:
+                res[i] = (out, read_rgb(task.recon_path)[0])
+            except ImageError as exc:
+                out["errors"].append(f"{_where(task)}: stored reconstruction unreadable ({exc}); "
+                                     "delete it to recompute")
+            continue
+        encoded = _encode_unit(task, settings, out)
+        if encoded is not None:
+            todo.setdefault(task.card.hash, []).append((i, *encoded))
+    for items in todo.values():
+        card = tasks[items[0][0]].card
+        try:
+            decoder = _codec(card, settings, "decode")
+        except Exception as exc:  # noqa: BLE001 - every unit of the card fails with the reason
+            for i, _, _ in items:
+                _fail(res[i][0], tasks[i], exc)
+            continue
+        recons, times = _decode_group(decoder, [d for _, d, _ in items], [tasks[i].seed for i, _, _ in items])
+        for (i, stored, enc_s), recon, dec_s in zip(items, recons, times):
+            res[i] = (res[i][0], _finish_unit(tasks[i], settings, res[i][0], stored, enc_s, recon, dec_s))
+    return res
 
 
 def do_units(tasks: list[UnitTask], settings: CodecSettings = CodecSettings()) -> list[dict]:
-    """Run units of one image: codec work for each, then every metric once on the batch of
-    their reconstructions. Returns one {"unit": row or None, "metrics", "errors"} per task."""
+    """Run a batch of units (see :func:`batches`): codec work for each (learned codecs decode the
+    batch's bitstreams together), then every metric once per group of equal-size reconstructions
+    (one forward pass on the stacked batch). Reconstructions are dropped as soon as they are
+    scored and stored: only the returned rows leave. One {"unit": row or None, "metrics",
+    "errors"} per task."""
     from bench.metrics.iqa import MetricError
 
     device = settings.device
-    coded = [_code_unit(t, settings) for t in tasks]
+    coded = _code_units(tasks, settings)
     groups: dict[tuple, list[int]] = {}
     for i, (task, (_, recon)) in enumerate(zip(tasks, coded)):
         if recon is not None and task.metrics:
-            groups.setdefault(tuple(task.metrics), []).append(i)
-    for names, idx in groups.items():
+            groups.setdefault((tuple(task.metrics), recon.shape), []).append(i)
+    for (names, _), idx in groups.items():
         scores = _engine(list(names), device).score_batch([tasks[i].rgb for i in idx], [coded[i][1] for i in idx],
                                                           list(names), [tasks[i].captions for i in idx])
         for i, values in zip(idx, scores):
             task, out = tasks[i], coded[i][0]
             for name, value in values.items():
                 if isinstance(value, MetricError):
-                    out["errors"].append(f"{task.card.name} @ {point_str(task.point)} on {task.image_id}: {value}")
+                    out["errors"].append(f"{_where(task)}: {value}")
                 else:
                     out["metrics"][name] = value
-    return [out for out, _ in coded]
+    outs = [out for out, _ in coded]
+    coded.clear()  # the reconstructions go now, not when the caller drops the batch
+    return outs
 
 
 def batches(tasks: Iterator[UnitTask | None], size: int) -> Iterator[list[UnitTask] | None]:
-    """Consecutive tasks of the same image, at most ``size`` at a time; None (a unit already
-    done) passes through on its own."""
-    batch: list[UnitTask] = []
+    """Units that can share forward passes, at most ``size`` at a time; None (a unit already
+    done) passes through at once.
+
+    A batch holds units of one codec card, one rate point and one image size, gathered
+    across consecutive images (seeds of a stochastic codec included): a learned codec
+    decodes their bitstreams in one forward pass (``decode_batch``) and every per-image
+    metric scores them in one forward pass. Units wait in such groups until a group is
+    full; when the waiting units span more than ``2 * size`` images the oldest group goes
+    out as it is (so at most that many images' pixels wait, and a killed run loses at most
+    the waiting units); the rest go out at the end. ``size`` 1 yields each unit at once."""
+    if size <= 1:
+        for task in tasks:
+            yield None if task is None else [task]
+        return
+    waiting: dict[tuple, list[UnitTask]] = {}  # (card hash, point, image shape) -> tasks; oldest group first
+    images: dict[str, int] = {}  # image id -> waiting units of it
+
+    def take(key: tuple) -> list[UnitTask]:
+        group = waiting.pop(key)
+        for t in group:
+            images[t.image_id] -= 1
+            if not images[t.image_id]:
+                del images[t.image_id]
+        return group
+
     for task in tasks:
-        if batch and (task is None or task.image_id != batch[0].image_id or len(batch) == size):
-            yield batch
-            batch = []
         if task is None:
             yield None
-        else:
-            batch.append(task)
-    if batch:
-        yield batch
+            continue
+        key = (task.card.hash, point_str(task.point), None if task.rgb is None else task.rgb.shape)
+        waiting.setdefault(key, []).append(task)
+        images[task.image_id] = images.get(task.image_id, 0) + 1
+        if len(waiting[key]) == size:
+            yield take(key)
+        while len(images) > 2 * size:
+            yield take(next(iter(waiting)))
+    while waiting:
+        yield take(next(iter(waiting)))
 
 
 def _json(obj: Any) -> str | None:
@@ -496,7 +597,7 @@ def run(exp: Experiment, progress: Callable[[str, int, int], None] | None = None
                 pool.shutdown(wait=False)  # idle workers exit while the tables are written
         if set_metrics:
             set_keys = run_set_metrics(store, loader, items, plans, planner.keys, set_metrics, exp.device, result,
-                                       progress)
+                                       progress, exp.metric_batch)
     except KeyboardInterrupt:
         result.problems.append("interrupted: finished units are saved; run the same command again to resume")
         raise
@@ -573,23 +674,26 @@ def select_metrics(exp: Experiment, loader: Loader) -> tuple[list[str], list[str
 
 def run_set_metrics(store: RunStore, loader: Loader, items: list[Item], plans: list[CodecPlan],
                     keys: dict[tuple[str, str, int, str], str], names: list[str], device: str, result: RunResult,
-                    progress: Callable | None = None) -> list[str]:
+                    progress: Callable | None = None, batch_size: int | None = None) -> list[str]:
     """Per-set metrics (FID, KID, mIoU, ...) for each codec point, from the stored reconstructions
     of the units this experiment planned (``keys``: (codec, point, seed, image id) -> unit key).
     Returns the keys of the set results that describe them (computed now or reused).
 
     Set metric contract (registry kind "metric", ``kind = "per_set"``): ``available()``,
     ``version()``, ``higher_better`` and ``compute_set(pairs, device, cache_dir)`` where
-    ``pairs`` is a list of ``(Sample, recon uint8 (H, W, 3))``; returns a dict with
-    ``value`` (float), ``n_images`` and optional ``extra`` (protocol, n_patches, ...).
+    ``pairs`` is a sequence of ``(Sample, recon uint8 (H, W, 3))`` that reads each pair from
+    disk when it is reached (:class:`_StoredPairs`: ``len`` is free, nothing is kept, so
+    memory does not grow with the set); returns a dict with ``value`` (float), ``n_images``
+    and optional ``extra`` (protocol, n_patches, ...). ``batch_size`` (``--metric-batch``)
+    is given to metrics that have a ``batch_size`` attribute (FID/KID: crops per Inception
+    forward pass); ``None`` keeps theirs. Feature caches live under ``<run>/cache``.
     A result is keyed by the unit keys of its images, the metric version and, for
     metrics that read captions or label maps, the dataset's annotation files.
     """
-    specs = {n: registry.get("metric", n).obj for n in names}
+    specs = {n: _with_batch_size(registry.get("metric", n).obj, batch_size) for n in names}
     dataset = loader.card.name
     annotations = loader.annotations_fingerprint()
     groups = [(p, pt, sd) for p in plans for pt in p.points for sd in p.seeds]
-    samples: dict[str, Sample] = {}
     set_keys: list[str] = []
     for i, (plan, point, seed) in enumerate(groups):
         pt = point_str(point)
@@ -605,12 +709,7 @@ def run_set_metrics(store: RunStore, loader: Loader, items: list[Item], plans: l
             if store.set_metric_key(dataset, plan.card.name, pt, seed, name) == key:
                 continue
             try:
-                pairs = []
-                for unit, recon, _, _ in units:
-                    it = by_key[unit]
-                    if it.id not in samples:
-                        samples[it.id] = loader.load(it)
-                    pairs.append((samples[it.id], read_rgb(store.root / recon)[0]))
+                pairs = _StoredPairs(loader, [(by_key[unit], store.root / recon) for unit, recon, _, _ in units])
                 res = spec.compute_set(pairs, device=device, cache_dir=store.root / "cache")
             except (ValueError, OSError, RuntimeError) as exc:
                 result.problems.append(f"{name} for {plan.card.name} @ {pt}: {exc}")
@@ -620,6 +719,36 @@ def run_set_metrics(store: RunStore, loader: Loader, items: list[Item], plans: l
         if progress:
             progress("set metrics", i + 1, len(groups))
     return set_keys
+
+
+class _StoredPairs(Sequence):
+    """``(Sample, stored reconstruction)`` pairs of one codec point, each read from disk when
+    it is reached and not kept: a set metric holds what it accumulates (features, confusion
+    matrices), never the set's pixels. ``len`` costs nothing; reading a pair twice reads it twice."""
+
+    def __init__(self, loader: Loader, entries: list[tuple[Item, Path]]) -> None:
+        self.loader, self.entries = loader, entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        item, recon = self.entries[i]
+        return self.loader.load(item), read_rgb(recon)[0]
+
+
+def _with_batch_size(spec: Any, batch_size: int | None) -> Any:
+    """``spec`` itself, or (given a ``batch_size`` and a metric that has one) a copy using it,
+    so the registered instance keeps its default."""
+    if batch_size is None or getattr(spec, "batch_size", None) in (None, batch_size):
+        return spec
+    import copy
+
+    spec = copy.copy(spec)
+    spec.batch_size = int(batch_size)
+    return spec
 
 
 def _skipped(_: None) -> dict:

@@ -61,6 +61,14 @@ The base does the rest:
   and dims together: ``decode_tensors`` gets up to ``decode_batch_size`` of them.
   Its default calls ``decode_tensor`` one by one; a family overrides it to run one
   forward pass (keeping entropy decoding per item, see the precision rule).
+  ``batch_decode_exact = True`` states that item i's pixels are *identical* to
+  ``decode(datas[i], seeds[i])`` (a test must show it): only then does the runner decode
+  the bitstreams of a ``--batch`` together, so a result never depends on the batch size.
+  The zoo sets it on the CPU (per-image entropy decoding, one synthesis pass: equal there;
+  on CUDA not yet shown, so one by one there until tests/test_batching.py's GPU test passes).
+  CDC and PerCo leave it False (their batched sampling moves pixels by up to one level)
+  and so does MS-ILLM (its decoder is run one image at a time on purpose: a batched pass
+  changed one pixel by one level); ``decode_batch`` still serves callers that accept that.
 * **Seeds**: ``generator(seed)`` is a ``torch.Generator`` on the device seeded with
   ``seed``; stochastic decoders (``stochastic = True``) draw all their noise from the
   generator passed to ``decode_tensor``/``decode_tensors`` (one per item:
@@ -145,6 +153,7 @@ class TorchCodec(Codec):
     pad_center: ClassVar[bool] = False  # True: pad evenly around the image, else bottom/right
     reduced_precision: ClassVar[tuple[str, ...]] = ()  # submodule names allowed to run in dtype
     decode_batch_size: ClassVar[int] = 8
+    batch_decode_exact: ClassVar[bool] = False  # True: decode_batch's pixels == decode's (tested); see module doc
     max_cached_models: ClassVar[int | None] = None
 
     def __init__(self, device: str = "cpu", dtype: str = "float32", init: str = "pretrained", **params: Any) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from bench import registry
@@ -152,7 +153,16 @@ class ClipScore(PerImageMetric):
 
 
 class ClipScorer:
-    """A built CLIP model on ``device``; ``score_arrays(images, captions)`` is the batched entry."""
+    """A built CLIP model on ``device``; ``score_arrays(images, captions)`` is the batched entry.
+
+    Reference-side features are computed once: the reference of clip_score is the image's
+    ground-truth captions (the reference image is unused), and every codec point of an image
+    is scored against the same captions, so each caption's normalised text embedding is kept
+    in an LRU of ``text_cache_size`` captions (≈ 2 KB each for ViT-B/32; bounded, so memory
+    stays flat over a dataset) and the text encoder sees a caption once while the batches of
+    its image's codec points pass. ``text_forwards`` counts the captions it encoded."""
+
+    text_cache_size: int = 4096
 
     def __init__(self, factory: Callable, model_name: str, device: str, rule: str, batch_size: int) -> None:
         os.environ["HF_HUB_OFFLINE"] = "1"
@@ -167,6 +177,8 @@ class ClipScorer:
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.rule = rule
         self.batch_size = batch_size
+        self._text: OrderedDict = OrderedDict()  # caption -> normalised embedding (1-D, on device)
+        self.text_forwards = 0
 
     def __call__(self, recon, captions):
         torch = self.torch
@@ -193,12 +205,8 @@ class ClipScorer:
                 batch = torch.stack([self.preprocess(Image.fromarray(np.asarray(im, dtype=np.uint8), "RGB"))
                                      for im in images[s:s + self.batch_size]]).to(self.device)
                 img_feats.append(self.model.encode_image(batch).float())
-            txt_feats = []
-            for s in range(0, len(flat), self.batch_size):
-                tokens = self.tokenizer(flat[s:s + self.batch_size]).to(self.device)
-                txt_feats.append(self.model.encode_text(tokens).float())
             fi = torch.nn.functional.normalize(torch.cat(img_feats), dim=-1)
-            ft = torch.nn.functional.normalize(torch.cat(txt_feats), dim=-1)
+            ft = self.text_features(flat)
             out = []
             start = 0
             for i, caps in enumerate(chosen):
@@ -207,6 +215,27 @@ class ClipScorer:
                 per_caption = 100.0 * cos.clamp(min=0)
                 out.append(per_caption.max() if self.rule == "max" else per_caption.mean())
             return torch.stack(out).cpu().numpy().astype(np.float64)
+
+    def text_features(self, captions: Sequence[str]):
+        """Normalised text embeddings (len(captions), D) float32 on the device; captions not in
+        the LRU are encoded (each once, ``batch_size`` per forward pass) and remembered."""
+        torch = self.torch
+        new = [c for c in dict.fromkeys(captions) if c not in self._text]
+        with torch.inference_mode():
+            for s in range(0, len(new), self.batch_size):
+                chunk = new[s:s + self.batch_size]
+                feats = torch.nn.functional.normalize(
+                    self.model.encode_text(self.tokenizer(chunk).to(self.device)).float(), dim=-1)
+                self.text_forwards += len(chunk)
+                for caption, f in zip(chunk, feats):
+                    self._text[caption] = f
+        rows = []
+        for caption in captions:
+            self._text.move_to_end(caption)
+            rows.append(self._text[caption])
+        while len(self._text) > max(self.text_cache_size, len(set(captions))):
+            self._text.popitem(last=False)
+        return torch.stack(rows)
 
 
 registry.add("metric", "clip_score", ClipScore())

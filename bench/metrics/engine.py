@@ -53,7 +53,7 @@ class MetricEngine:
     Per-image metrics derive from :class:`bench.metrics.base.PerImageMetric` (contract and
     metadata there): ``build(device)`` -> ``scorer(recon, ref)`` on (B, 3, H, W) float tensors
     in [0, 1] returning (B,); a metric with ``uses_captions = True`` is called as
-    ``scorer(recon, ref, captions)`` with the sample's ground-truth captions.
+    ``scorer(recon, ref, captions)`` with one list of ground-truth captions per pair.
     """
 
     def __init__(self, names: Iterable[str], device: str = "cpu") -> None:
@@ -75,7 +75,8 @@ class MetricEngine:
     def score_batch(self, refs: list[np.ndarray], recons: list[np.ndarray], names: Iterable[str] | None = None,
                     captions: list[list[str]] | None = None) -> list[dict]:
         """Scores of several pairs of one size, each metric called once on the stacked batch
-        (B, 3, H, W); metrics that use captions are called pair by pair. Returns one dict per pair."""
+        (B, 3, H, W) (caption metrics get ``captions``, one list per pair). The batch size is the
+        caller's (the runner's ``--batch``). Returns one dict per pair."""
         import torch
 
         names = list(names) if names is not None else self.names
@@ -93,11 +94,9 @@ class MetricEngine:
             try:
                 spec.check_size(h, w)
                 if getattr(spec, "uses_captions", False):
-                    values = []
-                    for i, caps in enumerate(captions):
-                        if not caps:
-                            raise MetricError(f"{name} needs ground-truth captions; this dataset has none")
-                        values.append(float(self.scorer(name)(rec_t[i:i + 1], ref_t[i:i + 1], caps).reshape(-1)[0]))
+                    if not all(captions):
+                        raise MetricError(f"{name} needs ground-truth captions; this dataset has none")
+                    values = self.scorer(name)(rec_t, ref_t, [list(c) for c in captions]).reshape(-1).tolist()
                 else:
                     values = self.scorer(name)(rec_t, ref_t).reshape(-1).tolist()
                 for i, v in enumerate(values):

@@ -74,6 +74,7 @@ on the device to (N, D) features (torch tensor or ndarray).
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import warnings
 from collections.abc import Iterable
@@ -127,7 +128,10 @@ def extract_patches(rgb: np.ndarray, protocol: str) -> list[np.ndarray]:
 _MODELS: dict[tuple[str, str], Any] = {}  # (weights file, device) -> loaded TorchScript module
 
 
+@functools.lru_cache(maxsize=None)
 def _cleanfid_version() -> str:
+    """The installed clean-fid version (read once per process: a metadata lookup costs ~20 ms,
+    and the cache key asks for it on every feature lookup)."""
     import importlib.metadata as md
 
     try:
