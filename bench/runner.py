@@ -236,11 +236,14 @@ def _codec(card: Card, settings: CodecSettings, role: str) -> Codec:
 
 
 def _engine(names: list[str], device: str):
+    """This process's metric engine on ``device``, grown to hold ``names`` (metrics it already
+    built are kept while they are still registered: a plugin may have been removed since)."""
     from bench.metrics.engine import MetricEngine
 
     engine = _worker_engine.get(device)
     if engine is None or not set(names) <= set(engine.names):
-        engine = MetricEngine(sorted(set(names) | set(engine.names if engine else ())), device)
+        kept = set(engine.names if engine else ()) & set(registry.entries("metric"))
+        engine = MetricEngine(sorted(set(names) | kept), device)
         _worker_engine[device] = engine
     return engine
 
