@@ -92,11 +92,28 @@ import numpy as np
 from bench import weights
 from bench.codecs.base import Codec, CodecError, check_recon, check_rgb
 from bench.codecs.container import Container, ContainerError, Section, bits_breakdown, unpack
+from bench.data.images import ImageError, check_pixels
 from bench.hashing import sha256_file_cached
 
 DTYPES = ("float32", "float16", "bfloat16")
+RANS_SLACK_PER_PIXEL = 8  # zero bytes after an entropy-coded string, per padded image pixel (rans_input)
 PAD_MODES = {"replicate": "replicate", "zeros": "constant"}
 _DEVICE = re.compile(r"^(cpu|cuda(:[0-9]+)?)$")
+
+
+def rans_input(data: bytes, height: int, width: int) -> bytes:
+    """``data`` followed by ``RANS_SLACK_PER_PIXEL`` zero bytes per pixel of the padded
+    ``height`` x ``width`` image, for CompressAI's rANS decoder (``compressai.ans``).
+
+    That decoder reads its input through a raw pointer with no bounds check: a string shorter
+    than the symbols it is asked to decode makes it read past the buffer, and a big enough
+    overrun kills the process (SIGSEGV; measured with an emptied hyper-latent string of a
+    768x512 image). The container's CRC-32 keeps damaged bytes away from it; this keeps
+    crafted ones (valid CRC, edited sections) in bounds. A valid string is consumed to its
+    end and never reaches the zeros, so decoding valid bytes is unchanged. Bound: at most
+    1.25 latent symbols per pixel (320 channels at 1/16 x 1/16), each renormalisation reads
+    one 32-bit word, and zeros drive the state to the first symbol (no bypass chains)."""
+    return bytes(data) + bytes(RANS_SLACK_PER_PIXEL * height * width)
 
 
 class WeightsMissing(CodecError):
@@ -390,6 +407,10 @@ class TorchCodec(Codec):
                                  f"point {c.point!r}: decode with the encoder's weights and --init")
         if len(c.dims) < 2 or min(c.dims[:2]) < 1:
             raise ContainerError(f"{self.name}: the container's dims {c.dims} lack a valid height and width")
+        try:  # a crafted header must not make the decoder allocate a giant picture
+            check_pixels(c.dims[0], c.dims[1], self.name, "the container claims an image")
+        except ImageError as exc:
+            raise ContainerError(str(exc)) from None
         return c
 
     def decode(self, data: bytes, seed: int = 0) -> np.ndarray:
