@@ -292,25 +292,17 @@ def test_tiny_images_code_or_fail_clearly(name, coded):
         assert outcome(c, data, rgb.shape) == "image", f"{name}: its own {h}x{w} bytes do not decode"
 
 
-def test_emptied_hyper_latent_does_not_crash_the_process(coded, kodim23, tmp_path):
+def test_emptied_hyper_latent_does_not_crash_the_process(coded, kodim23):
     """Regression: a 384x256 hyperprior container whose ``z`` string is emptied (CRC recomputed)
-    made CompressAI's rANS decoder read past its buffer and kill the process (SIGSEGV; also
-    at 768x512). Decoded
-    in a separate process (bench codecs check's), so a crash is reported, not suffered."""
-    import yaml
-
-    from bench.codecs.check import decode_in_fresh_process
+    made CompressAI's rANS decoder read past its buffer and kill the process (SIGSEGV; also at
+    768x512). Decoded here, in the test process: a regression ends the session with a crash,
+    which CI reports (``bench codecs check`` decodes in a separate process and names it)."""
     from bench.codecs.container import Container, Section, unpack
 
     c = coded("bmshj2018-hyperprior")
-    box = unpack(c.encode(np.ascontiguousarray(kodim23[:256, :384])))
-    assert box.dims[:2] == (256, 384)
-    sections = tuple(Section(s.name, b"" if s.name == "z" else s.data, s.side) for s in box.sections)
-    (tmp_path / "bad.bin").write_bytes(Container(box.codec, box.point, box.dims, box.model, sections).pack())
-    card = tmp_path / "card.yaml"
-    card.write_text(yaml.safe_dump(c.setup.card.body))
-    _, results = decode_in_fresh_process(card, ("cpu", "float32", "random"), [], [
-        {"id": "bad", "file": str(tmp_path / "bad.bin"), "seed": 0, "ref": None}], tmp_path)
-    res = results["bad"]
-    assert not res.get("crash") and not res.get("hang"), res
-    assert res.get("ok") or res.get("codec_error"), res
+    rgb = np.ascontiguousarray(kodim23[:256, :384])
+    box = unpack(c.encode(rgb))
+    assert box.dims[:2] == (256, 384) and len(box.section("z")) > 100
+    for z in (b"", box.section("z")[:8]):
+        sections = tuple(Section(s.name, z if s.name == "z" else s.data, s.side) for s in box.sections)
+        outcome(c, Container(box.codec, box.point, box.dims, box.model, sections).pack(), rgb.shape)
