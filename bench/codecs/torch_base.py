@@ -296,7 +296,19 @@ class TorchCodec(Codec):
         torch = self._torch()
         with torch.random.fork_rng(devices=[]), weights.no_downloads():
             torch.manual_seed(self.random_seed(key))
-            model = self.build_model(key, files)
+            try:
+                model = self.build_model(key, files)
+            except (CodecError, weights.WeightsError):
+                raise
+            except Exception as exc:  # a damaged or foreign file (e.g. an unverified entry's): name it
+                if not files:
+                    raise
+                ids = list(self.weight_ids(key))
+                raise CodecError(
+                    f"{self.name}: cannot load the weight file(s) of rate point {key!r} "
+                    f"({', '.join(map(str, files))}): {type(exc).__name__}: {str(exc)[:300]}. The file is damaged or "
+                    f"not the expected checkpoint: delete it and get it again with `bench weights fetch "
+                    f"{' '.join(ids)}` (or `bench weights import FILE` with the official file)") from exc
         model.eval().requires_grad_(False)
         self.prepare(model, key)
         model = self.apply_precision(model.to(self.device))
