@@ -124,10 +124,13 @@ def validate_experiment(body: dict, where: str) -> None:
     import difflib
 
     problems = []
+    unknown = [k for k in body if k not in _EXPERIMENT_TYPES]
+    if unknown:
+        hints = [f"`{k}:` -> did you mean `{c[0]}:`?" for k in unknown
+                 if (c := difflib.get_close_matches(str(k), list(_EXPERIMENT_TYPES), n=1))]
+        problems.append(f"unknown keys {sorted(map(str, unknown))}" + (f" ({'; '.join(hints)})" if hints else ""))
     for key, value in body.items():
         if key not in _EXPERIMENT_TYPES:
-            close = difflib.get_close_matches(str(key), list(_EXPERIMENT_TYPES), n=1)
-            problems.append(f"unknown key `{key}:`" + (f" (did you mean `{close[0]}:`?)" if close else ""))
             continue
         types, what = _EXPERIMENT_TYPES[key]
         if value is None and key in ("dataset", "data_dir", "points", "limit"):
