@@ -306,3 +306,34 @@ def test_emptied_hyper_latent_does_not_crash_the_process(coded, kodim23):
     for z in (b"", box.section("z")[:8]):
         sections = tuple(Section(s.name, z if s.name == "z" else s.data, s.side) for s in box.sections)
         outcome(c, Container(box.codec, box.point, box.dims, box.model, sections).pack(), rgb.shape)
+
+
+# ---------------------------------------------------------------------------- through a run
+def test_a_run_fails_the_unit_with_damaged_bytes_and_codes_the_others(tmp_path, monkeypatch, kodim23):
+    """The one way to run work: an adapter whose stored bytes are truncated for one image (a
+    JPEG cut in half) fails that unit with the decoder's message; the other image is coded."""
+    from PIL import Image
+
+    from bench import registry, runner
+    from bench.codecs.classical import PillowJPEG
+    from bench.runner import Experiment, run
+
+    class CutsTallImages(PillowJPEG):
+        name = "test-jpeg-cuts-tall"
+
+        def encode(self, rgb, point, seed=0):
+            data = super().encode(rgb, point, seed)
+            return data[:len(data) // 2] if rgb.shape[0] > 40 else data
+
+    registry.add("codec", CutsTallImages.name, CutsTallImages)
+    monkeypatch.setattr(runner, "_worker_codecs", {})
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(kodim23[:32, :48]).save(folder / "short.png")
+    Image.fromarray(kodim23[:48, :48]).save(folder / "tall.png")
+    card = tmp_path / "cuts.yaml"
+    card.write_text(f"name: cuts\nadapter: {CutsTallImages.name}\npoints: [50]\n")
+    res = run(Experiment(data_dir=str(folder), codecs=[str(card)], metrics=["psnr"], out=str(tmp_path / "run")))
+    assert res.units_coded == 1 and res.units_failed == 1 and res.metric_values == 1
+    [msg] = [p for p in res.problems if not p.startswith("note:")]
+    assert msg.startswith("cuts @ 50 on tall: Pillow could not decode the stored bitstream"), msg
