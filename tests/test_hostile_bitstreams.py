@@ -337,3 +337,27 @@ def test_a_run_fails_the_unit_with_damaged_bytes_and_codes_the_others(tmp_path, 
     assert res.units_coded == 1 and res.units_failed == 1 and res.metric_values == 1
     [msg] = [p for p in res.problems if not p.startswith("note:")]
     assert msg.startswith("cuts @ 50 on tall: Pillow could not decode the stored bitstream"), msg
+
+
+# ---------------------------------------------------------------------------- forged image headers
+def _with_jpeg_size(data: bytes, h: int, w: int) -> bytes:
+    """``data`` (a baseline JPEG) with its SOF0 frame header claiming ``h`` x ``w``."""
+    i = data.find(b"\xff\xc0")
+    assert i > 0
+    return data[:i + 5] + h.to_bytes(2, "big") + w.to_bytes(2, "big") + data[i + 9:]
+
+
+def test_jpeg_header_claiming_a_huge_picture_is_refused_before_decoding(coded):
+    c = coded("jpeg")
+    with pytest.raises(CodecError, match=r"claims an image of 10000x10000 = 100,000,000 pixels is above bench's"):
+        c.decoder.decode(_with_jpeg_size(c.data, 10000, 10000))  # Pillow alone would decode 300 MB of garbage
+
+
+@settings(HYPOTHESIS, max_examples=15)
+@given(h=st.integers(1, 65535), w=st.integers(1, 65535))
+def test_jpeg_header_claiming_any_size(coded, small_pixel_limit, h, w):
+    """Any size in the frame header: refused above the limit, else decoded (concealed) and
+    refused by the harness unless it is the original's size."""
+    c = coded("jpeg")
+    got = outcome(c, _with_jpeg_size(c.data, h, w))
+    assert got == "error" or (h, w) == c.rgb.shape[:2]

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -139,7 +140,7 @@ def _orientation(img: Image.Image) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def open_image(path: Path) -> Image.Image:
+def open_image(path: Path | BinaryIO) -> Image.Image:
     """``Image.open`` with Pillow's decompression-bomb check set aside (bench applies its own
     limit, :func:`check_pixels`, with its own message and setting). Header only: no pixel
     is decoded yet. Not thread-safe (it sets Pillow's module-level limit for the call)."""
