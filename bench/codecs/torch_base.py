@@ -110,9 +110,12 @@ def rans_input(data: bytes, height: int, width: int) -> bytes:
     overrun kills the process (SIGSEGV; measured with an emptied hyper-latent string of a
     768x512 image). The container's CRC-32 keeps damaged bytes away from it; this keeps
     crafted ones (valid CRC, edited sections) in bounds. A valid string is consumed to its
-    end and never reaches the zeros, so decoding valid bytes is unchanged. Bound: at most
-    1.25 latent symbols per pixel (320 channels at 1/16 x 1/16), each renormalisation reads
-    one 32-bit word, and zeros drive the state to the first symbol (no bypass chains)."""
+    end and never reaches the zeros, so decoding valid bytes is unchanged. Why 8 bytes a pixel:
+    the zoo's latents hold at most 1.25 symbols per pixel (320 channels at 1/16 x 1/16) and a
+    symbol's renormalisation reads at most one 32-bit word; bypass-coded symbols read more,
+    but a zero-filled state decodes the first symbol, which is not the bypass escape. An
+    engineering bound, not a proof: tests/test_hostile_bitstreams.py forges sections with
+    Hypothesis and runs the regression that crashed (1 byte a pixel was already enough)."""
     return bytes(data) + bytes(RANS_SLACK_PER_PIXEL * height * width)
 
 

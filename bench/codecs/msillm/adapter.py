@@ -132,8 +132,8 @@ class MSILLMCodec(TorchCodec):
         if (zh, zw) != (-(-h // FACTOR), -(-w // FACTOR)):
             raise ContainerError(f"{self.name}: hyper-latent size {zh}x{zw} does not fit a {h}x{w} image "
                                  f"(expected {-(-h // FACTOR)}x{-(-w // FACTOR)}): corrupted header")
-        return rans_input(c.section("y"), zh * FACTOR, zw * FACTOR), rans_input(c.section("z"), zh * FACTOR,
-                                                                                  zw * FACTOR), (zh, zw)
+        hp, wp = zh * FACTOR, zw * FACTOR  # the padded image
+        return rans_input(c.section("y"), hp, wp), rans_input(c.section("z"), hp, wp), (zh, zw)
 
     def decode_tensor(self, model, container, generator):
         return model.decoder(model.decompress_latent(*self._parts(container))).clamp_(0, 1)
