@@ -161,9 +161,8 @@ def validate(kind: str, body: Any, where: str) -> None:
                 bad = not all(isinstance(e, dict) and "id" in e and "file" in e for e in value)
             if bad:
                 problems.append(f"`{field_}:` must be {what}, got {_kind_of(value)}")
-        elif field_ in PROSE:
-            if not isinstance(value, str):
-                problems.append(f"`{field_}:` must be a string (prose), got {_kind_of(value)}")
+        elif field_ in PROSE and not isinstance(value, str):
+            problems.append(f"`{field_}:` must be a string (prose), got {_kind_of(value)}")
     unknown = [f for f in body if isinstance(f, str) and f not in schema and f not in PROSE]
     if unknown:
         unknown = [f for f in unknown if f not in _declared_fields(kind, body.get(key))]

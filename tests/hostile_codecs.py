@@ -16,7 +16,6 @@ from bench.cards import Card
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 NEEDS_WEIGHTS = {"hific": ("hific-lo", "hific-mi", "hific-hi")}
-USER_BUILT = ("bpg", "vtm", "vtm-420")
 
 
 @dataclass
@@ -68,7 +67,7 @@ def setup(name: str, tmp: Path) -> Setup:
     points = list(body.get("points") or [])
     point, init, size, extra = points[0], "pretrained", (48, 64), {}
     target = card.target
-    if name in ("bpg",):
+    if name == "bpg":
         fakes = _fake_programs(tmp / "fakes")
         params.update(encoder=fakes["bpgenc"], decoder=fakes["bpgdec"])
     elif target == "vtm":

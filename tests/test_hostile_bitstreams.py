@@ -22,7 +22,8 @@ Which cards may turn damaged bytes into an image without an error, and why:
 
 Hypothesis draws the damage (positions, bits, bytes) with a fixed seed and a bounded
 number of examples (``derandomize=True``, no example database), so CI sees the same cases
-every run and the module stays well under a minute on 2 CPU cores.
+every run; with tests/test_hostile_inputs.py it takes about 90 s on a busy 2-core machine (most of
+it building and running the learned cards' random networks).
 """
 from __future__ import annotations
 
@@ -32,17 +33,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hostile_codecs import NEEDS_WEIGHTS, all_card_names, setup
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from bench.codecs.base import CodecError, check_recon
 from bench.runner import build_codec
-from hostile_codecs import NEEDS_WEIGHTS, USER_BUILT, all_card_names, setup
 
 CASE_TIMEOUT_S = 60.0  # one decode of damaged bytes; a clean decode here takes well under a second
 CONCEALING = {"jpeg", "jpeg-444", "webp", "webp-m6", "avif", "avifenc", "jxl", "cjxl", "hevc-x265", "bpg", "vtm",
               "vtm-420"}
-HYPOTHESIS = settings(max_examples=12, deadline=None, derandomize=True, database=None,
+HYPOTHESIS = settings(max_examples=10, deadline=None, derandomize=True, database=None,
                       suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                              HealthCheck.function_scoped_fixture])
 
@@ -282,7 +283,8 @@ def test_tiny_images_code_or_fail_clearly(name, coded):
     """1x1 and 2x2 real crops: coded (the adapter pads and crops back) or a CodecError naming
     the problem; never another exception."""
     c = coded(name)
-    for h, w in ((1, 1), (2, 2)):
+    learned = c.setup.init == "random"  # one padding path (to 64 or 512) for any tiny size: 1x1 says it
+    for h, w in ((1, 1),) if learned else ((1, 1), (2, 2)):
         rgb = np.ascontiguousarray(c.rgb[:h, :w])
         try:
             data = c.encode(rgb)
