@@ -328,10 +328,16 @@ def test_16_bit_images_of_every_kind_are_refused(tmp_path):
             read_rgb(tmp_path / name)
 
 
-def test_cmyk_is_refused_with_the_fix(tmp_path):
-    Image.new("CMYK", (8, 8), (0, 128, 255, 10)).save(tmp_path / "print.jpg")
-    with pytest.raises(ImageError, match=r"print.jpg: CMYK image; converting it to RGB needs colour management"):
-        read_rgb(tmp_path / "print.jpg")
+def test_cmyk_is_converted_as_the_reference_protocols_read_it_with_a_note(tmp_path):
+    Image.new("CMYK", (8, 8), (0, 128, 255, 10)).save(tmp_path / "print.tif")
+    rgb, notes = read_rgb(tmp_path / "print.tif")
+    with Image.open(tmp_path / "print.tif") as im:  # CompressAI's bench / clean-fid / pyiqa: convert("RGB")
+        assert np.array_equal(rgb, np.asarray(im.convert("RGB")))
+    assert notes == ["CMYK converted to RGB by Pillow's formula, without colour management (as CompressAI, "
+                     "clean-fid and pyiqa read it)"]
+    Image.new("RGB", (4, 4)).convert("LAB").save(tmp_path / "lab.tif")
+    with pytest.raises(ImageError, match=r"lab.tif: LAB image; converting it to RGB needs colour management"):
+        read_rgb(tmp_path / "lab.tif")
 
 
 def test_exif_orientation_is_noted_not_applied(tmp_path):
@@ -405,15 +411,17 @@ def test_a_folder_of_odd_images_runs_the_good_ones_and_names_the_bad(tmp_path, k
     Image.fromarray(good).save(folder / "c_rotated.jpg", exif=exif, quality=95)
     (folder / "d_claims_huge.png").write_bytes(png_header_only(20000, 20000))
     (folder / "e_deep.png").write_bytes(png16(np.full((8, 8, 3), 40000, np.uint16), 2))
-    Image.new("CMYK", (8, 8)).save(folder / "f_print.jpg")
+    Image.new("RGB", (8, 8)).convert("LAB").save(folder / "f_lab.tif")
     data = (folder / "a_good.png").read_bytes()
     (folder / "g_cut.png").write_bytes(data[:len(data) // 2])
     (folder / "h_text.png").write_text("not an image")
+    Image.fromarray(good).convert("CMYK").save(folder / "i_print.jpg", quality=95)
     res = run(Experiment(data_dir=str(folder), codecs=["jpeg"], points=[50], metrics=["psnr"],
                          out=str(tmp_path / "run")))
-    assert res.units_coded == 3 and res.units_failed == 5
+    assert res.units_coded == 4 and res.units_failed == 5
     text = "\n".join(res.problems)
     for name, why in (("d_claims_huge", "above bench's limit"), ("e_deep", "16 bits per sample"),
-                      ("f_print", "CMYK image"), ("g_cut", "not a readable image"), ("h_text", "not a readable image")):
+                      ("f_lab", "LAB image"), ("g_cut", "not a readable image"), ("h_text", "not a readable image")):
         assert any(p.startswith(f"image {name}: ") and why in p for p in res.problems), (name, text)
     assert any("c_rotated" in p and "EXIF orientation 8" in p for p in res.problems), text
+    assert any("i_print" in p and "CMYK converted to RGB" in p for p in res.problems), text

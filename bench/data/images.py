@@ -17,9 +17,11 @@ Odd inputs are handled by an explicit policy, never silently (README, "Bad input
 * more than 8 bits per sample (16-bit grey or RGB(A) PNG/TIFF, 32-bit integer, float):
   ImageError (the protocols are 8-bit; convert first). Pillow would otherwise read a
   16-bit RGB PNG as 8-bit by dropping the low byte, silently;
-* CMYK, CIELAB and HSV images: ImageError. Turning them into RGB needs colour
-  management (an ICC profile) that a plain conversion does not do; convert them with
-  a colour-managed tool first;
+* CMYK (print JPEGs, some photo collections): converted by Pillow's formula, without colour
+  management, with a note. That is what the reference protocols evaluate (CompressAI's
+  bench, clean-fid and pyiqa call ``convert("RGB")``), so a dataset holding CMYK files keeps
+  them and its numbers stay comparable; a colour-managed viewer may show other colours.
+  CIELAB and HSV images: ImageError (no such conversion to trust; convert them first);
 * EXIF orientation: **not applied**. Pixels are evaluated as stored, exactly as the
   reference protocols read images (CompressAI's bench, clean-fid and pyiqa open files
   with Pillow and never call ``ImageOps.exif_transpose``); an orientation tag other
@@ -40,7 +42,7 @@ from PIL import Image, UnidentifiedImageError
 DEFAULT_MAX_PIXELS = 64 * 2 ** 20  # 67,108,864 pixels: 8192 x 8192, or a 12,000 x 5,500 panorama
 MAX_PIXELS_ENV = "BENCH_MAX_PIXELS"
 DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-UNMANAGED_MODES = ("CMYK", "LAB", "HSV")  # need colour management to become RGB
+UNMANAGED_MODES = ("LAB", "HSV")  # refused: convert them with a colour-managed tool first
 EXIF_ORIENTATION = 0x0112
 ORIENTATIONS = {2: "mirrored", 3: "rotated 180°", 4: "flipped vertically", 5: "mirrored and rotated 90° CCW",
                 6: "rotated 90° CW", 7: "mirrored and rotated 90° CW", 8: "rotated 90° CCW"}
@@ -127,7 +129,10 @@ def to_rgb(img: Image.Image, where: str, bits: int | None = None) -> tuple[np.nd
                              "Flatten it onto a background first")
         notes.append(f"{mode}: fully opaque alpha dropped")
         return np.ascontiguousarray(np.asarray(rgba)[..., :3]), notes
-    if mode != "RGB":
+    if mode == "CMYK":
+        notes.append("CMYK converted to RGB by Pillow's formula, without colour management (as CompressAI, "
+                     "clean-fid and pyiqa read it)")
+    elif mode != "RGB":
         notes.append(f"{mode} converted to RGB")
     return np.ascontiguousarray(np.asarray(img.convert("RGB"))), notes
 
