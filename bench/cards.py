@@ -24,6 +24,7 @@ keys resume; ``hash`` (the whole card) goes into provenance.
 """
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 from dataclasses import dataclass, field
@@ -108,14 +109,89 @@ def roots() -> list[Path]:
     return [*extra, REPO_ROOT, *plugin_roots()]
 
 
+# Card schema: field -> what it must be. Prose fields are strings. A field outside the schema
+# is refused (a typo such as `param:` would otherwise be ignored silently), unless the card's
+# adapter or loader class lists it in its ``card_fields`` (a plugin's own fields).
+_SCALAR = (int, float, str)
+PROSE = ("description", "colour", "licence", "license", "padding", "binaries", "weight_files", "environment",
+         "notes", "reference", "all_points", "source", "protocol", "env", "url_base", "annotations_url",
+         "captions", "instances", "images_dir", "identity", "homepage", "citation")
+SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
+    "codec": {"name": ((str,), "a non-empty string"), "adapter": ((str,), "the name of a registered codec adapter"),
+              "params": ((dict,), "a mapping of the adapter's parameters"),
+              "points": ((list,), "a non-empty list of rate points (numbers or strings)"),
+              "point_name": ((str,), "a string"), "lossless": ((bool,), "true or false"),
+              "stochastic": ((bool, str), "true/false or a sentence"),
+              "nominal_bpp": ((dict,), "a mapping point -> bpp")},
+    "dataset": {"name": ((str,), "a non-empty string"), "loader": ((str,), "the name of a registered dataset loader"),
+                "images": ((list,), "a list of {id, file[, pixel_sha256, url]} mappings"),
+                "count": ((int,), "an integer"), "transform": ((list,), "a list of operations"),
+                "prepare": ((dict,), "a mapping"), "archives": ((list,), "a list"),
+                "annotation_sha256": ((dict,), "a mapping file -> sha256"),
+                "manifest_sha256": ((str, type(None)), "a sha256 string or null")},
+}
+
+
+def _kind_of(value: Any) -> str:
+    return "null" if value is None else f"{type(value).__name__} {value!r}"[:80]
+
+
+def validate(kind: str, body: Any, where: str) -> None:
+    """CardError naming ``where``, the field and what it must be, for a malformed card body."""
+    key = "adapter" if kind == "codec" else "loader"
+    if not isinstance(body, dict):
+        raise CardError(f"{where}: a {kind} card is a YAML mapping (`name: ...`, `{key}: ...`), got {_kind_of(body)}")
+    missing = [k for k in ("name", key) if k not in body]
+    if missing:
+        raise CardError(f"{where}: a {kind} card needs at least `name:` and `{key}:`; missing "
+                        f"{', '.join(f'`{k}:`' for k in missing)}")
+    schema = SCHEMA[kind]
+    problems = []
+    for field_, value in body.items():
+        if not isinstance(field_, str):
+            problems.append(f"field names are strings, got {_kind_of(field_)}")
+        elif field_ in schema:
+            types, what = schema[field_]
+            bad = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+            if not bad and field_ in ("name", key) and not value.strip():
+                bad = True
+            if not bad and field_ == "points":
+                bad = not value or not all(isinstance(p, _SCALAR) and not isinstance(p, bool) for p in value)
+            if not bad and field_ == "images":
+                bad = not all(isinstance(e, dict) and "id" in e and "file" in e for e in value)
+            if bad:
+                problems.append(f"`{field_}:` must be {what}, got {_kind_of(value)}")
+        elif field_ in PROSE and not isinstance(value, str):
+            problems.append(f"`{field_}:` must be a string (prose), got {_kind_of(value)}")
+    unknown = [f for f in body if isinstance(f, str) and f not in schema and f not in PROSE]
+    if unknown:
+        unknown = [f for f in unknown if f not in _declared_fields(kind, body.get(key))]
+    for f in unknown:
+        close = difflib.get_close_matches(f, [*schema, *PROSE], n=1)
+        problems.append(f"unknown field `{f}:`" + (f" (did you mean `{close[0]}:`?)" if close else "") +
+                        f"; a {kind} card has {', '.join(schema)} and prose fields ({', '.join(PROSE[:6])}, ...)")
+    if problems:
+        raise CardError(f"{where}: " + "; ".join(problems))
+
+
+def _declared_fields(kind: str, target: Any) -> tuple[str, ...]:
+    """Extra card fields the card's adapter/loader class reads (``card_fields``); () if unknown."""
+    try:
+        return tuple(getattr(registry.get(kind, str(target)).obj, "card_fields", ()))
+    except Exception:  # noqa: BLE001 - an unknown adapter is reported where the card is used
+        return ()
+
+
 def parse(kind: str, path: Path) -> Card:
     try:
-        body = yaml.safe_load(path.read_text())
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CardError(f"{path}: cannot read the {kind} card: {exc}") from exc
+    try:
+        body = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise CardError(f"{path}: not valid YAML: {exc}") from exc
-    key = "adapter" if kind == "codec" else "loader"
-    if not isinstance(body, dict) or "name" not in body or key not in body:
-        raise CardError(f"{path}: a {kind} card needs at least `name:` and `{key}:`")
+    validate(kind, body, str(path))
     return Card(kind, str(body["name"]), body, str(path))
 
 

@@ -78,12 +78,14 @@ class Experiment:
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "Experiment":
         """Load an experiment file (keys = the fields above); ``overrides`` that are not None win."""
         try:
-            body = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
+            body = yaml.safe_load(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
             raise ExperimentError(f"cannot read experiment file {path}: {exc}") from exc
-        unknown = set(body) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ExperimentError(f"{path}: unknown keys {sorted(unknown)}; valid: {sorted(cls.__dataclass_fields__)}")
+        body = {} if body is None else body
+        if not isinstance(body, dict):
+            raise ExperimentError(f"{path}: an experiment file is a YAML mapping of keys (dataset:, codecs:, ...), "
+                                  f"got {type(body).__name__}")
+        validate_experiment(body, str(path))
         body.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**body)
 
@@ -104,6 +106,60 @@ class Experiment:
     @property
     def settings(self) -> "CodecSettings":
         return CodecSettings(self.device, self.dtype, self.init)
+
+
+# key of an experiment file -> (accepted types, what it must be); None allowed where the field defaults to None
+_EXPERIMENT_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "dataset": ((str,), "a dataset card name or card file"), "data_dir": ((str,), "a folder"),
+    "codecs": ((list,), "a list of codec card names, card files or {name: ..., points: [...]} mappings"),
+    "points": ((list,), "a list of rate points"), "metrics": ((list,), "a list of metric names (or [all])"),
+    "seeds": ((list,), "a list of integers"), "out": ((str,), "a run directory"),
+    "workers": ((int,), "an integer >= 1"), "device": ((str,), "cpu, cuda or cuda:N"),
+    "dtype": ((str,), "float32, float16 or bfloat16"), "init": ((str,), "pretrained or random"),
+    "limit": ((int,), "an integer"), "batch": ((int,), "an integer >= 1"),
+}
+
+
+def validate_experiment(body: dict, where: str) -> None:
+    """ExperimentError naming ``where`` and every key that is unknown or of the wrong type."""
+    import difflib
+
+    problems = []
+    unknown = [k for k in body if k not in _EXPERIMENT_TYPES]
+    if unknown:
+        hints = [f"`{k}:` -> did you mean `{c[0]}:`?" for k in unknown
+                 if (c := difflib.get_close_matches(str(k), list(_EXPERIMENT_TYPES), n=1))]
+        problems.append(f"unknown keys {sorted(map(str, unknown))}" + (f" ({'; '.join(hints)})" if hints else ""))
+    for key, value in body.items():
+        if key not in _EXPERIMENT_TYPES:
+            continue
+        types, what = _EXPERIMENT_TYPES[key]
+        if value is None and key in ("dataset", "data_dir", "points", "limit"):
+            continue
+        bad = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+        if not bad and key == "seeds":
+            bad = not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        if not bad and key == "metrics":
+            bad = not all(isinstance(v, str) for v in value)
+        if not bad and key == "codecs":
+            for item in value:
+                if isinstance(item, dict):
+                    if not isinstance(item.get("name"), str):
+                        problems.append(f"`codecs:` item {item!r} needs `name:` (a codec card name or file)")
+                    extra = set(item) - {"name", "points"}
+                    if extra:
+                        problems.append(f"`codecs:` item {item.get('name')!r}: unknown keys {sorted(extra)} "
+                                        "(an item has name: and points:)")
+                    if "points" in item and not isinstance(item["points"], list):
+                        problems.append(f"`codecs:` item {item.get('name')!r}: `points:` must be a list")
+                elif not isinstance(item, str):
+                    problems.append(f"`codecs:` items are card names, card files or mappings, got {item!r}")
+        if bad:
+            shown = f"{type(value).__name__} {value!r}"[:80]
+            problems.append(f"`{key}:` must be {what}, got {shown}")
+    if problems:
+        raise ExperimentError(f"{where}: " + "; ".join(problems) +
+                              f". Valid keys: {', '.join(_EXPERIMENT_TYPES)}")
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,18 @@ import numpy as np
 from PIL import Image, features
 
 from bench.codecs.base import Codec, CodecError, check_rgb
+from bench.data.images import check_pixels, open_image
 from bench.registry import register
 
 _SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
 
 
 def _pillow_decode(data: bytes) -> np.ndarray:
+    """Decode with Pillow; a header claiming more pixels than bench's limit
+    (:func:`bench.data.images.max_pixels`) is refused before any pixel is decoded."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with open_image(io.BytesIO(data)) as img:
+            check_pixels(img.height, img.width, "Pillow", "the bitstream's header claims an image")
             return np.asarray(img.convert("RGB"))
     except Exception as exc:
         raise CodecError(f"Pillow could not decode the stored bitstream ({len(data)} bytes): {exc}") from exc

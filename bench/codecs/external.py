@@ -128,7 +128,9 @@ class SubprocessCodec(Codec):
             raise CodecError(f"{self.name}: cannot start {role} program: {exc}\ncommand: {shlex.join(cmd)}") from exc
         if timed_out:
             raise CodecError(self.failure(role, cmd, f"failed (timed out after {self.timeout_s:g}s; process group killed)",
-                                          proc.stderr or proc.stdout))
+                                          proc.stderr or proc.stdout) +
+                             f"\nA slow but working program needs more time: raise the limit in the codec card, "
+                             f"`params: {{timeout_s: {max(2 * self.timeout_s, 60):g}}}` (seconds; now {self.timeout_s:g})")
         if proc.returncode != 0:
             if proc.returncode < 0:
                 try:

@@ -100,11 +100,31 @@ import numpy as np
 from bench import weights
 from bench.codecs.base import Codec, CodecError, check_recon, check_rgb
 from bench.codecs.container import Container, ContainerError, Section, bits_breakdown, unpack
+from bench.data.images import ImageError, check_pixels
 from bench.hashing import sha256_file_cached
 
 DTYPES = ("float32", "float16", "bfloat16")
+RANS_SLACK_PER_PIXEL = 8  # zero bytes after an entropy-coded string, per padded image pixel (rans_input)
 PAD_MODES = {"replicate": "replicate", "zeros": "constant"}
 _DEVICE = re.compile(r"^(cpu|cuda(:[0-9]+)?)$")
+
+
+def rans_input(data: bytes, height: int, width: int) -> bytes:
+    """``data`` followed by ``RANS_SLACK_PER_PIXEL`` zero bytes per pixel of the padded
+    ``height`` x ``width`` image, for CompressAI's rANS decoder (``compressai.ans``).
+
+    That decoder reads its input through a raw pointer with no bounds check: a string shorter
+    than the symbols it is asked to decode makes it read past the buffer, and a big enough
+    overrun kills the process (SIGSEGV; measured with an emptied hyper-latent string of a
+    768x512 image). The container's CRC-32 keeps damaged bytes away from it; this keeps
+    crafted ones (valid CRC, edited sections) in bounds. A valid string is consumed to its
+    end and never reaches the zeros, so decoding valid bytes is unchanged. Why 8 bytes a pixel:
+    the zoo's latents hold at most 1.25 symbols per pixel (320 channels at 1/16 x 1/16) and a
+    symbol's renormalisation reads at most one 32-bit word; bypass-coded symbols read more,
+    but a zero-filled state decodes the first symbol, which is not the bypass escape. An
+    engineering bound, not a proof: tests/test_hostile_bitstreams.py forges sections with
+    Hypothesis and runs the regression that crashed (1 byte a pixel was already enough)."""
+    return bytes(data) + bytes(RANS_SLACK_PER_PIXEL * height * width)
 
 
 class WeightsMissing(CodecError):
@@ -288,7 +308,19 @@ class TorchCodec(Codec):
         torch = self._torch()
         with torch.random.fork_rng(devices=[]), weights.no_downloads():
             torch.manual_seed(self.random_seed(key))
-            model = self.build_model(key, files)
+            try:
+                model = self.build_model(key, files)
+            except (CodecError, weights.WeightsError):
+                raise
+            except Exception as exc:  # a damaged or foreign file (e.g. an unverified entry's): name it
+                if not files:
+                    raise
+                ids = list(self.weight_ids(key))
+                raise CodecError(
+                    f"{self.name}: cannot load the weight file(s) of rate point {key!r} "
+                    f"({', '.join(map(str, files))}): {type(exc).__name__}: {str(exc)[:300]}. The file is damaged or "
+                    f"not the expected checkpoint: delete it and get it again with `bench weights fetch "
+                    f"{' '.join(ids)}` (or `bench weights import FILE` with the official file)") from exc
         model.eval().requires_grad_(False)
         self.prepare(model, key)
         model = self.apply_precision(model.to(self.device))
@@ -399,6 +431,10 @@ class TorchCodec(Codec):
                                  f"point {c.point!r}: decode with the encoder's weights and --init")
         if len(c.dims) < 2 or min(c.dims[:2]) < 1:
             raise ContainerError(f"{self.name}: the container's dims {c.dims} lack a valid height and width")
+        try:  # a crafted header must not make the decoder allocate a giant picture
+            check_pixels(c.dims[0], c.dims[1], self.name, "the container claims an image")
+        except ImageError as exc:
+            raise ContainerError(str(exc)) from None
         return c
 
     def decode(self, data: bytes, seed: int = 0) -> np.ndarray:

@@ -47,7 +47,7 @@ from typing import Any, ClassVar
 from bench.codecs.base import CodecError
 from bench.codecs.cdc import weights as cdc_weights
 from bench.codecs.container import Container, ContainerError, Section
-from bench.codecs.torch_base import TorchCodec
+from bench.codecs.torch_base import TorchCodec, rans_input
 from bench.registry import register
 
 SAMPLERS = {"ddim": 0.0, "ddpm": 1.0}  # sampler -> eta
@@ -168,11 +168,11 @@ class CDC(TorchCodec):
         hp, wp = c.dims[0] + top + bottom, c.dims[1] + left + right
         cf = model.context_fn
         z_ch = cfg.dim * cfg.hyper_dims_mults[-1]
-        z_sym = model.z_tables.decode(c.section("z"), (1, z_ch, hp // 64, wp // 64)).to(self.device)
+        z_sym = model.z_tables.decode(rans_input(c.section("z"), hp, wp), (1, z_ch, hp // 64, wp // 64)).to(self.device)
         z_hat = z_sym.float() + cf.prior.medians
         mean, scale = cf.hyper_synthesis(z_hat)
         gc = model.y_coder
-        y_hat = gc.decompress([c.section("y")], gc.build_indexes(scale.cpu()), means=mean.cpu())
+        y_hat = gc.decompress([rans_input(c.section("y"), hp, wp)], gc.build_indexes(scale.cpu()), means=mean.cpu())
         return y_hat.to(self.device, torch.float32), z_hat, mean, scale
 
     def decode_tensor(self, model, container, generator):

@@ -36,7 +36,7 @@ import numpy as np
 
 from bench.codecs.base import CodecError
 from bench.codecs.container import Container, ContainerError, Section
-from bench.codecs.torch_base import TorchCodec
+from bench.codecs.torch_base import TorchCodec, rans_input
 from bench.codecs.msillm import weights as msillm_weights
 from bench.registry import register
 
@@ -132,7 +132,8 @@ class MSILLMCodec(TorchCodec):
         if (zh, zw) != (-(-h // FACTOR), -(-w // FACTOR)):
             raise ContainerError(f"{self.name}: hyper-latent size {zh}x{zw} does not fit a {h}x{w} image "
                                  f"(expected {-(-h // FACTOR)}x{-(-w // FACTOR)}): corrupted header")
-        return c.section("y"), c.section("z"), (zh, zw)
+        hp, wp = zh * FACTOR, zw * FACTOR  # the padded image
+        return rans_input(c.section("y"), hp, wp), rans_input(c.section("z"), hp, wp), (zh, zw)
 
     def decode_tensor(self, model, container, generator):
         return model.decoder(model.decompress_latent(*self._parts(container))).clamp_(0, 1)

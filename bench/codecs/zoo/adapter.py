@@ -28,7 +28,7 @@ from typing import Any
 
 from bench.codecs.base import CodecError
 from bench.codecs.container import Container, ContainerError, Section
-from bench.codecs.torch_base import TorchCodec
+from bench.codecs.torch_base import TorchCodec, rans_input
 from bench.codecs.zoo import weights as zoo_weights
 from bench.registry import register
 
@@ -124,7 +124,20 @@ class CompressAIZoo(TorchCodec):
         if [s.name for s in c.sections] != expected or len(c.dims) != 4:
             raise ContainerError(f"{self.name}: a {self._arch} container has sections {expected} and 4 dims; "
                                  f"these bytes have {[s.name for s in c.sections]} and dims {c.dims}")
-        return [[c.section(name)] for name in expected], list(c.dims[2:])
+        h, w, lh, lw = c.dims
+        left, right, top, bottom = self.padding(h, w)
+        hp, wp = h + top + bottom, w + left + right
+        stride = self.latent_stride
+        if (lh, lw) != (hp // stride, wp // stride):  # else the entropy decoder reads a latent of any size
+            raise ContainerError(f"{self.name}: latent size {lh}x{lw} does not fit a {h}x{w} image (expected "
+                                 f"{hp // stride}x{wp // stride} for {self._arch}): corrupted header")
+        return [[rans_input(c.section(name), hp, wp)] for name in expected], [lh, lw]
+
+    @property
+    def latent_stride(self) -> int:
+        """Downsampling from the padded image to the shape ``compress()`` returns: the latent
+        ``y`` (1/16) for the factorized prior, the hyper-latent ``z`` (1/64) for the others."""
+        return 16 if self._arch == "bmshj2018-factorized" else 64
 
     def decode_tensor(self, model, container, generator):
         strings, shape = self._strings(container)
