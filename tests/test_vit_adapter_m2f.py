@@ -234,3 +234,85 @@ def test_miou_cocostuff_end_to_end_with_tiny_mask2former(tmp_path, monkeypatch, 
     pairs = [(seg.predict_trainid(np.asarray(Image.open(recon_dir / f"{i}.png"))),
               np.asarray(Image.open(data / "labels" / prep.STUFF_SPACE / f"{i}.png"))) for i in ids]
     assert row.iloc[0]["value"] == pytest.approx(miou_by_hand(pairs), rel=1e-9)
+
+
+def test_head_matches_transformers_mask2former():
+    """Our mmcv-layout head against transformers' Mask2Former pixel decoder and masked-attention decoder
+    (an independent port of the same architecture, another key layout), weights copied across by
+    renaming; GroupNorm 32 and 4 sampling points, which transformers fixes."""
+    import dataclasses
+
+    from transformers import Mask2FormerConfig
+    from transformers.models.mask2former import modeling_mask2former as hf
+
+    from bench.metrics.vit_adapter.mask2former import Mask2FormerHead
+
+    cfg = dataclasses.replace(TINY, m2f_gn_groups=32, m2f_enc_points=4)
+    torch.manual_seed(0)
+    ours = Mask2FormerHead(32, 5, cfg).eval()
+    with torch.no_grad():
+        for name, p in ours.named_parameters():  # non-trivial everywhere (MSDA starts with zero offsets, weights)
+            norm_weight = p.dim() == 1 and name.endswith("weight")
+            p.copy_(torch.randn_like(p) * (0.3 if p.dim() > 1 else 0.1) + (1.0 if norm_weight else 0.0))
+    hcfg = Mask2FormerConfig(hidden_dim=32, mask_feature_size=32, feature_size=32, encoder_feedforward_dim=64,
+                             dim_feedforward=64, encoder_layers=2, decoder_layers=5, num_attention_heads=4,
+                             num_queries=8, num_labels=5, backbone_config={"model_type": "swin"})
+    # transformers builds decoder_layers - 1 layers (its count includes the prediction before the first)
+    pix = hf.Mask2FormerPixelDecoder(hcfg, feature_channels=[32] * 4).eval()
+    dec = hf.Mask2FormerTransformerModule(32, hcfg).eval()
+    sd = ours.state_dict()
+    pd = {k[len("pixel_decoder."):]: v for k, v in sd.items() if k.startswith("pixel_decoder.")}
+    pix_sd = {"level_embed": pd["level_encoding.weight"], "mask_projection.weight": pd["mask_feature.weight"],
+              "mask_projection.bias": pd["mask_feature.bias"]}
+    for i in range(3):
+        for a, b in (("0.weight", "conv.weight"), ("0.bias", "conv.bias"), ("1.weight", "gn.weight"),
+                     ("1.bias", "gn.bias")):
+            pix_sd[f"input_projections.{i}.{a}"] = pd[f"input_convs.{i}.{b}"]
+    for name, src in (("adapter_1", "lateral_convs.0"), ("layer_1", "output_convs.0")):
+        pix_sd.update({f"{name}.0.weight": pd[f"{src}.conv.weight"], f"{name}.1.weight": pd[f"{src}.gn.weight"],
+                       f"{name}.1.bias": pd[f"{src}.gn.bias"]})
+    ren = {"attentions.0.": "self_attn.", "norms.0.": "self_attn_layer_norm.", "ffns.0.layers.0.0.": "fc1.",
+           "ffns.0.layers.1.": "fc2.", "norms.1.": "final_layer_norm."}
+    for k, v in pd.items():
+        if k.startswith("encoder."):
+            for a, b in ren.items():
+                k = k.replace(a, b)
+            pix_sd[k] = v
+    pix.load_state_dict(pix_sd, strict=True)
+    td = {k[len("transformer_decoder."):]: v for k, v in sd.items() if k.startswith("transformer_decoder.")}
+    dec_sd = {"queries_embedder.weight": sd["query_embed.weight"], "queries_features.weight": sd["query_feat.weight"],
+              "level_embed.weight": sd["level_embed.weight"], "decoder.layernorm.weight": td["post_norm.weight"],
+              "decoder.layernorm.bias": td["post_norm.bias"]}
+    for j, src in enumerate((0, 2, 4)):
+        for t in ("weight", "bias"):
+            dec_sd[f"decoder.mask_predictor.mask_embedder.{j}.0.{t}"] = sd[f"mask_embed.{src}.{t}"]
+    for k in range(4):
+        q, o = f"layers.{k}.", f"decoder.layers.{k}."
+        for t in ("weight", "bias"):
+            dec_sd[f"{o}cross_attn.in_proj_{t}"] = td[f"{q}attentions.0.attn.in_proj_{t}"]
+            dec_sd[f"{o}cross_attn.out_proj.{t}"] = td[f"{q}attentions.0.attn.out_proj.{t}"]
+            for part, chunk in zip("qkv", td[f"{q}attentions.1.attn.in_proj_{t}"].chunk(3)):
+                dec_sd[f"{o}self_attn.{part}_proj.{t}"] = chunk
+            dec_sd[f"{o}self_attn.out_proj.{t}"] = td[f"{q}attentions.1.attn.out_proj.{t}"]
+            for n, name in enumerate(("cross_attn_layer_norm", "self_attn_layer_norm", "final_layer_norm")):
+                dec_sd[f"{o}{name}.{t}"] = td[f"{q}norms.{n}.{t}"]
+            dec_sd[f"{o}fc1.{t}"] = td[f"{q}ffns.0.layers.0.0.{t}"]
+            dec_sd[f"{o}fc2.{t}"] = td[f"{q}ffns.0.layers.1.{t}"]
+    dec.load_state_dict(dec_sd, strict=True)
+
+    g = torch.Generator().manual_seed(1)
+    feats = [torch.randn(2, 32, s, s, generator=g) for s in (16, 8, 4, 2)]
+    with torch.inference_mode():
+        mask_features, levels = ours.pixel_decoder(feats)
+        cls, masks = ours(feats)
+        p_out = pix(feats)
+        d_out = dec(list(p_out.multi_scale_features), p_out.mask_features)
+    assert torch.allclose(mask_features, p_out.mask_features, atol=1e-4)
+    for a, b in zip(levels, p_out.multi_scale_features):
+        assert torch.allclose(a, b, atol=1e-4)
+    assert len(d_out.masks_queries_logits) == 5  # before the first layer + after each of 4
+    assert torch.allclose(masks, d_out.masks_queries_logits[-1], atol=1e-3), (masks - d_out.masks_queries_logits[-1]).abs().max()
+    theirs_cls = ours.cls_embed(d_out.intermediate_hidden_states[-1].transpose(0, 1))
+    assert torch.allclose(cls, theirs_cls, atol=1e-4)
+    frac = [(m < 0).float().mean().item() for m in d_out.masks_queries_logits[:-1]]
+    assert all(0.05 < f < 0.95 for f in frac), frac  # the attention masks did block something, not all
