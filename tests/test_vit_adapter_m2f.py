@@ -15,7 +15,11 @@ import torch
 
 from bench.metrics.vit_adapter import checkpoint, configs
 from bench.metrics.vit_adapter import model as M
-from bench.metrics.vit_adapter.mask2former import attention_mask, semantic_inference, sine_position_encoding
+from bench.metrics.vit_adapter.mask2former import (
+    attention_mask,
+    semantic_inference,
+    sine_position_encoding,
+)
 
 TINY = configs.get("tiny-mask2former")
 RELEASED = ("mask2former-beit-l-cocostuff164k", "mask2former-beitv2-l-cocostuff164k")
@@ -52,7 +56,9 @@ def test_attention_mask_known_answer():
 
 
 def test_sine_encoding_matches_transformers():
-    from transformers.models.mask2former.modeling_mask2former import Mask2FormerSinePositionEmbedding
+    from transformers.models.mask2former.modeling_mask2former import (
+        Mask2FormerSinePositionEmbedding,
+    )
 
     ours = sine_position_encoding(2, 5, 7, 16)
     theirs = Mask2FormerSinePositionEmbedding(16, normalize=True)(torch.Size([2, 32, 5, 7]), "cpu", torch.float32)
@@ -111,13 +117,14 @@ def test_tiny_forward_shapes_and_determinism(tiny):
         assert scores.shape == (1, 171, 64, 64) and torch.isfinite(scores).all()
         assert scores.min() >= 0 and scores.sum(1).max() <= TINY.num_queries  # sum over classes <= Q
         assert torch.equal(scores, tiny.encode_decode(x))
-        assert torch.allclose(F_up(semantic_inference(cls, masks)), scores, atol=1e-6)
+        assert torch.allclose(_up64(semantic_inference(cls, masks)), scores, atol=1e-6)
     other = M.build(TINY, seed=0)
     assert all(torch.equal(a, b) for a, b in zip(tiny.state_dict().values(), other.state_dict().values()))
     assert not torch.equal(M.build(TINY, seed=1).decode_head.cls_embed.weight, tiny.decode_head.cls_embed.weight)
 
 
-def F_up(s):
+def _up64(s):
+    """Bilinear to the tiny window (as encode_decode resizes)."""
     return torch.nn.functional.interpolate(s, size=(64, 64), mode="bilinear", align_corners=False)
 
 
@@ -192,8 +199,8 @@ def test_miou_cocostuff_end_to_end_with_tiny_mask2former(tmp_path, monkeypatch, 
 
     from bench import registry
     from bench.data import prepare as prep
-    from bench.runner import Experiment, run
     from bench.metrics.vit_adapter.segmenter import ViTAdapterSegmenter
+    from bench.runner import Experiment, run
 
     ids = ["000000000139", "000000000802"]
     files = {}
@@ -316,3 +323,24 @@ def test_head_matches_transformers_mask2former():
     assert torch.allclose(cls, theirs_cls, atol=1e-4)
     frac = [(m < 0).float().mean().item() for m in d_out.masks_queries_logits[:-1]]
     assert all(0.05 < f < 0.95 for f in frac), frac  # the attention masks did block something, not all
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.needs_weights(f"vit-adapter-{n}")) for n in RELEASED])
+def test_released_mask2former_loads_and_sees_people(name, coco_mini_dir):
+    """With a released Mask2Former checkpoint (the .zip as published): strict loading (keys, shapes,
+    class order) and, on coco-mini images annotated with people, most person pixels predicted as
+    person (train id 0)."""
+    from bench import cards
+    from bench.data.loaders import open_dataset
+    from bench.metrics.vit_adapter.segmenter import ViTAdapterSegmenter
+
+    seg = ViTAdapterSegmenter(name, "registry", device="cuda" if torch.cuda.is_available() else "cpu")
+    assert seg.meta.get("CLASSES") is None or len(seg.meta["CLASSES"]) == 171
+    ld = open_dataset(cards.get("dataset", "coco-mini"), coco_mini_dir)
+    people = [s for s in (ld.load(it) for it in ld.items()[:20]) if s.label_map is not None
+              and (s.label_map == 1).sum() > 5000][:2]
+    assert people, "coco-mini has images with people"
+    for s in people:
+        pred = seg.predict_trainid(s.rgb)
+        on_person = np.bincount(pred[s.label_map == 1], minlength=171)
+        assert on_person.argmax() == 0, (s.id, on_person.argmax())
