@@ -94,7 +94,8 @@ class ViTAdapterSegmentor(nn.Module):
         return F.interpolate(scores, size=x.shape[2:], mode="bilinear", align_corners=False)
 
     def slide_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """mmseg's ``slide_inference`` on a normalised (1, 3, H, W) image -> (1, K, H, W) logits."""
+        """mmseg's ``slide_inference`` on a normalised (1, 3, H, W) image -> (1, K, H, W) scores
+        (logits for UperNet, semantic scores for Mask2Former: see :meth:`encode_decode`)."""
         crop, stride = self.cfg.crop, self.cfg.stride
         _, _, h, w = x.shape
         if h < crop or w < crop:
@@ -118,7 +119,8 @@ class ViTAdapterSegmentor(nn.Module):
 
     @torch.inference_mode()
     def predict_logits(self, rgb: np.ndarray) -> torch.Tensor:
-        """uint8 (H, W, 3) RGB -> float32 logits (K, H, W) at the image's own size."""
+        """uint8 (H, W, 3) RGB -> float32 scores (K, H, W) at the image's own size (their argmax is the
+        prediction; the official segmentor's final softmax would not change it)."""
         p = next(self.parameters())
         logits = self.slide_logits(self.preprocess(rgb, p.device, p.dtype)).float()
         return F.interpolate(logits, size=rgb.shape[:2], mode="bilinear", align_corners=False)[0]
