@@ -18,8 +18,11 @@ the share of the backbone (ViT + adapter) and of the head in one forward pass, t
 Measured on the development machine (no GPU; 2 CPU cores shared with other jobs, load average ~8,
 ``--threads 2 --warmup 1 --images 1``, float32): UperNet 133 s per 512x512 image (backbone 61%,
 UperNet head 39% of a forward), peak RSS 5.3 GiB; i.e. ~185 h per 5000-image rate point: use a
-GPU for ``miou_cocostuff`` on ``coco2017-val512``. MASK2FORMER_CPU_NOTE No GPU number yet (no
-device was available).
+GPU for ``miou_cocostuff`` on ``coco2017-val512``. ``--variant mask2former-beit-l-cocostuff164k``
+(same machine, load average ~5, ``--threads 2 --warmup 0 --images 1``, so the one timed image is
+also the first): 322 s per 512x512 image (one 896x896 forward: backbone 209 s = 56%, Mask2Former
+head 162 s = 44%), peak RSS 8.4 GiB, build 36 s; ~448 h per rate point. The BEiTv2 variant has
+the same architecture (not timed). No GPU number yet (no device was available).
 
 Usage: ``python benchmarks/segmenter_vit_adapter.py [--device cpu|cuda] [--dtype float32|bfloat16|float16]
 [--images 3] [--warmup 1] [--variant upernet-beit-l-cocostuff164k|mask2former-beit-l-cocostuff164k|
