@@ -105,9 +105,7 @@ def test_full_size_layout_and_parameter_count():
     n = sum(p.numel() for p in big.parameters())
     assert 451e6 <= n < 452e6  # the README's "#Param 451M"
     assert M.official_keys(cfg)["backbone.blocks.23.attn.relative_position_bias_table"] == (79 * 79 + 3, 16)
-    for name in ("mask2former-beit-l-cocostuff164k", "mask2former-beitv2-l-cocostuff164k"):
-        with pytest.raises(M.NotImplementedVariant, match="not implemented"):
-            M.ViTAdapterSegmentor(configs.get(name))
+    # the Mask2Former variants: tests/test_vit_adapter_m2f.py
 
 
 def test_tiny_forward_shapes_and_determinism(tiny):
@@ -294,7 +292,11 @@ def test_backend_selection(monkeypatch, tmp_path, released):
     assert spec.weights == () and spec.version() != v_registry and "random-seed0" in spec.version()
     monkeypatch.setenv("BENCH_VIT_ADAPTER_MODEL", "mask2former-beit-l-cocostuff164k")
     ok, why = spec.available()
-    assert not ok and "not implemented" in why
+    assert ok, why  # implemented (random weights here)
+    assert "mask2former-beit-l-cocostuff164k+random-seed0" in spec.version()
+    monkeypatch.delenv("BENCH_VIT_ADAPTER_WEIGHTS")
+    assert spec.weights == ("vit-adapter-mask2former-beit-l-cocostuff164k",)
+    monkeypatch.setenv("BENCH_VIT_ADAPTER_WEIGHTS", "random")
     monkeypatch.setenv("BENCH_VIT_ADAPTER_MODEL", "tiny")
     monkeypatch.setenv("BENCH_VIT_ADAPTER_WEIGHTS", str(released["pth"]))
     assert segmenters.resolve_backend("auto") == "vit-adapter"  # a checkpoint in place wins

@@ -12,6 +12,9 @@ compiled op, and loads the released checkpoints unchanged:
 * :mod:`.msda`      -- multi-scale deformable attention by bilinear ``grid_sample``;
 * :mod:`.adapter`   -- BEiT backbone (timm's BEiT blocks) + spatial prior module, injectors, extractors;
 * :mod:`.heads`     -- UperNet decode head and the FCN auxiliary head (mmseg layout);
+* :mod:`.mask2former` -- the Mask2Former head of the two Mask2Former variants (ViT-Adapter's
+  ``mmseg_custom`` layout: deformable-attention pixel decoder, masked-attention decoder,
+  semantic inference);
 * :mod:`.model`     -- the encoder-decoder, the released test pipeline (resize, slide window),
   and the official state-dict key list derived from a config;
 * :mod:`.checkpoint` -- reading the released file (``.pth.tar``/``.pth``/``.zip``) and strict loading;

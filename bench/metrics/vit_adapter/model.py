@@ -2,18 +2,22 @@
 
 :class:`ViTAdapterSegmentor` = ``backbone`` (:class:`~.adapter.BEiTAdapter`) + ``decode_head``
 (:class:`~.heads.UPerHead`) + ``auxiliary_head`` (:class:`~.heads.FCNHead`), the module names of
-mmseg's ``EncoderDecoder`` so that the released ``state_dict`` loads unchanged.
+mmseg's ``EncoderDecoder`` so that the released ``state_dict`` loads unchanged; for the Mask2Former
+variants ``decode_head`` is :class:`~.mask2former.Mask2FormerHead` and there is no auxiliary head
+(ViT-Adapter's ``EncoderDecoderMask2Former``).
 
 :meth:`ViTAdapterSegmentor.predict` runs the test pipeline of the released config (see
 :mod:`.configs`): keep-ratio resize to ``img_scale`` (bilinear, rounded back to 0..255 as
 mmcv's uint8 resize does), resize up to a multiple of 32, ImageNet normalisation, slide-window
 inference (``crop`` x ``crop`` windows every ``stride`` pixels, the last one flush with the
 border, logits summed and divided by the number of windows covering each pixel), logits resized
-bilinearly to the original size, argmax -> train ids 0..170.
+bilinearly to the original size, argmax -> train ids 0..170. Mask2Former: the same with its
+semantic scores in place of logits.
 
 :func:`official_keys` lists the parameter and buffer names *and shapes* of the official model for
 a config, written from the official module definitions (BEiT, adapter modules, mmseg's UPerHead
-and FCNHead) independently of the modules here; tests compare it with a built instance, and
+and FCNHead; ViT-Adapter's Mask2FormerHead, MSDeformAttnPixelDecoder and mmcv 1.x's transformer
+bricks) independently of the modules here; tests compare it with a built instance, and
 :mod:`.checkpoint` checks a checkpoint against it before loading.
 """
 from __future__ import annotations
@@ -28,6 +32,7 @@ from torch import nn
 from bench.metrics.vit_adapter.adapter import BEiTAdapter
 from bench.metrics.vit_adapter.configs import MEAN, STD, ViTAdapterConfig
 from bench.metrics.vit_adapter.heads import FCNHead, UPerHead
+from bench.metrics.vit_adapter.mask2former import Mask2FormerHead
 
 
 def pipeline_sizes(h: int, w: int, cfg: ViTAdapterConfig) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -55,29 +60,42 @@ def windows(h: int, w: int, crop: int, stride: int) -> list[tuple[int, int, int,
 
 
 class NotImplementedVariant(NotImplementedError):
-    """A released variant whose head is not implemented here (Mask2Former)."""
+    """A variant whose head is not implemented here (``implemented=False`` or an unknown head)."""
+
+
+HEADS = ("upernet", "mask2former")
 
 
 class ViTAdapterSegmentor(nn.Module):
     def __init__(self, cfg: ViTAdapterConfig) -> None:
         super().__init__()
-        if not cfg.implemented or cfg.head != "upernet":
+        if not cfg.implemented or cfg.head not in HEADS:
             raise NotImplementedVariant(
-                f"ViT-Adapter variant {cfg.name} ({cfg.head} head) is not implemented in bench yet; "
+                f"ViT-Adapter variant {cfg.name} ({cfg.head} head) is not implemented in bench; "
                 "use upernet-beit-l-cocostuff164k (BENCH_VIT_ADAPTER_MODEL)")
         self.cfg = cfg
         self.backbone = BEiTAdapter(cfg)
         c = cfg.embed_dim
-        self.decode_head = UPerHead([c] * 4, cfg.head_channels, cfg.num_classes, cfg.pool_scales)
-        self.auxiliary_head = FCNHead(c, cfg.aux_channels, cfg.num_classes, cfg.aux_in_index)
+        if cfg.head == "upernet":
+            self.decode_head = UPerHead([c] * 4, cfg.head_channels, cfg.num_classes, cfg.pool_scales)
+            self.auxiliary_head = FCNHead(c, cfg.aux_channels, cfg.num_classes, cfg.aux_in_index)
+        else:  # EncoderDecoderMask2Former: no auxiliary head
+            self.decode_head = Mask2FormerHead(c, cfg.num_classes, cfg)
 
     def encode_decode(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised (N, 3, crop, crop) -> logits (N, K, crop, crop)."""
-        logits = self.decode_head(self.backbone(x))
-        return F.interpolate(logits, size=x.shape[2:], mode="bilinear", align_corners=False)
+        """Normalised (N, 3, crop, crop) -> scores (N, K, crop, crop): UperNet's logits, or
+        Mask2Former's semantic scores (:func:`~.mask2former.semantic_inference`); resized bilinearly
+        from 1/4 of the window, as the official ``encode_decode``."""
+        feats = self.backbone(x)
+        if self.cfg.head == "mask2former":
+            scores = self.decode_head.forward_test(feats)
+        else:
+            scores = self.decode_head(feats)
+        return F.interpolate(scores, size=x.shape[2:], mode="bilinear", align_corners=False)
 
     def slide_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """mmseg's ``slide_inference`` on a normalised (1, 3, H, W) image -> (1, K, H, W) logits."""
+        """mmseg's ``slide_inference`` on a normalised (1, 3, H, W) image -> (1, K, H, W) scores
+        (logits for UperNet, semantic scores for Mask2Former: see :meth:`encode_decode`)."""
         crop, stride = self.cfg.crop, self.cfg.stride
         _, _, h, w = x.shape
         if h < crop or w < crop:
@@ -101,7 +119,8 @@ class ViTAdapterSegmentor(nn.Module):
 
     @torch.inference_mode()
     def predict_logits(self, rgb: np.ndarray) -> torch.Tensor:
-        """uint8 (H, W, 3) RGB -> float32 logits (K, H, W) at the image's own size."""
+        """uint8 (H, W, 3) RGB -> float32 scores (K, H, W) at the image's own size (their argmax is the
+        prediction; the official segmentor's final softmax would not change it)."""
         p = next(self.parameters())
         logits = self.slide_logits(self.preprocess(rgb, p.device, p.dtype)).float()
         return F.interpolate(logits, size=rgb.shape[:2], mode="bilinear", align_corners=False)[0]
@@ -150,13 +169,20 @@ def _convmodule(prefix: str, cin: int, cout: int, k: int) -> dict[str, tuple]:
 
 
 def official_keys(cfg: ViTAdapterConfig) -> dict[str, tuple]:
-    """{state-dict key: shape} of the official mmseg model (UperNet variants), from its config.
+    """{state-dict key: shape} of the official mmseg model for a config: the backbone's keys
+    (:func:`backbone_keys`) and the head's (:func:`upernet_keys` or :func:`mask2former_keys`)."""
+    if cfg.head == "upernet":
+        return {**backbone_keys(cfg), **upernet_keys(cfg)}
+    if cfg.head == "mask2former":
+        return {**backbone_keys(cfg), **mask2former_keys(cfg)}
+    raise NotImplementedVariant(f"no key list for the {cfg.head} head ({cfg.name})")
 
-    BEiT (``use_abs_pos_emb=False, use_rel_pos_bias=True, qkv_bias=True``, layer scale): per
-    block ``attn.relative_position_index`` is a persistent buffer of the official code."""
-    if cfg.head != "upernet":
-        raise NotImplementedVariant(f"no key list for the {cfg.head} head ({cfg.name})")
-    c, k, p = cfg.embed_dim, cfg.num_classes, cfg.patch_size
+
+def backbone_keys(cfg: ViTAdapterConfig) -> dict[str, tuple]:
+    """``backbone.*`` of the official BEiTAdapter. BEiT (``use_abs_pos_emb=False,
+    use_rel_pos_bias=True, qkv_bias=True``, layer scale): per block ``attn.relative_position_index``
+    is a persistent buffer of the official code; the tables are sized for the crop's window."""
+    c, p = cfg.embed_dim, cfg.patch_size
     wh, ww = cfg.window
     n_rel = (2 * wh - 1) * (2 * ww - 1) + 3
     hidden = int(c * cfg.mlp_ratio)
@@ -204,6 +230,13 @@ def official_keys(cfg: ViTAdapterConfig) -> dict[str, tuple]:
     keys[f"{b}.up.bias"] = (c,)
     for j in range(1, 5):
         keys.update(_bn(f"{b}.norm{j}", c))
+    return keys
+
+
+def upernet_keys(cfg: ViTAdapterConfig) -> dict[str, tuple]:
+    """``decode_head.*`` (mmseg UPerHead) and ``auxiliary_head.*`` (FCNHead, one conv)."""
+    c, k = cfg.embed_dim, cfg.num_classes
+    keys: dict[str, tuple] = {}
     ch, d = cfg.head_channels, "decode_head"
     keys.update({f"{d}.conv_seg.weight": (k, ch, 1, 1), f"{d}.conv_seg.bias": (k,)})
     for j in range(len(cfg.pool_scales)):
@@ -216,6 +249,61 @@ def official_keys(cfg: ViTAdapterConfig) -> dict[str, tuple]:
     a = "auxiliary_head"
     keys.update({f"{a}.conv_seg.weight": (k, cfg.aux_channels, 1, 1), f"{a}.conv_seg.bias": (k,),
                  **_convmodule(f"{a}.convs.0", c, cfg.aux_channels, 3)})
+    return keys
+
+
+def _convgn(prefix: str, cin: int, cout: int, k: int, bias: bool) -> dict[str, tuple]:
+    out = {f"{prefix}.conv.weight": (cout, cin, k, k), **_ln(f"{prefix}.gn", cout)}
+    if bias:
+        out[f"{prefix}.conv.bias"] = (cout,)
+    return out
+
+
+def _ffn(prefix: str, c: int, hidden: int) -> dict[str, tuple]:  # mmcv FFN, num_fcs=2
+    return {**_lin(f"{prefix}.layers.0.0", c, hidden), **_lin(f"{prefix}.layers.1", hidden, c)}
+
+
+def mask2former_keys(cfg: ViTAdapterConfig) -> dict[str, tuple]:
+    """``decode_head.*`` of ViT-Adapter's Mask2FormerHead (no auxiliary head).
+
+    ``in_channels=[C]*4``, ``feat_channels = out_channels = m2f_channels`` (so no
+    ``decoder_input_projs`` parameters: Identity), ``conv_seg`` set to None (no keys).
+    ``pixel_decoder``: ``input_convs.0..2`` ConvModule(1x1, bias=True, GN), ``encoder.layers.j``
+    (BaseTransformerLayer: ``attentions.0`` MultiScaleDeformableAttention, ``ffns.0``,
+    ``norms.0..1``; post-norm order, so no ``encoder.post_norm``), ``level_encoding`` (3, C),
+    ``lateral_convs.0`` (1x1, GN, no bias), ``output_convs.0`` (3x3, GN, no bias), ``mask_feature``.
+    ``transformer_decoder``: ``layers.k`` (``attentions.0..1`` mmcv MultiheadAttention wrapping
+    ``nn.MultiheadAttention`` as ``attn``, ``ffns.0``, ``norms.0..2``), ``post_norm``. Then
+    ``query_embed``, ``query_feat`` (Q, C), ``level_embed`` (3, C), ``cls_embed`` (K + 1),
+    ``mask_embed.{0,2,4}``."""
+    c, k, e, f = cfg.embed_dim, cfg.num_classes, cfg.m2f_channels, cfg.m2f_ffn
+    pd, td = "decode_head.pixel_decoder", "decode_head.transformer_decoder"
+    keys: dict[str, tuple] = {}
+    for i in range(3):
+        keys.update(_convgn(f"{pd}.input_convs.{i}", c, e, 1, bias=True))
+    for j in range(cfg.m2f_enc_layers):
+        q = f"{pd}.encoder.layers.{j}"
+        keys.update({**_msda(f"{q}.attentions.0", e, cfg.m2f_enc_heads, 3, cfg.m2f_enc_points, 1.0),
+                     **_ffn(f"{q}.ffns.0", e, f), **_ln(f"{q}.norms.0", e), **_ln(f"{q}.norms.1", e)})
+    keys[f"{pd}.level_encoding.weight"] = (3, e)
+    keys.update(_convgn(f"{pd}.lateral_convs.0", c, e, 1, bias=False))
+    keys.update(_convgn(f"{pd}.output_convs.0", e, e, 3, bias=False))
+    keys.update({f"{pd}.mask_feature.weight": (e, e, 1, 1), f"{pd}.mask_feature.bias": (e,)})
+    for j in range(cfg.m2f_dec_layers):
+        q = f"{td}.layers.{j}"
+        for a in range(2):
+            keys.update({f"{q}.attentions.{a}.attn.in_proj_weight": (3 * e, e),
+                         f"{q}.attentions.{a}.attn.in_proj_bias": (3 * e,),
+                         **_lin(f"{q}.attentions.{a}.attn.out_proj", e, e)})
+        keys.update(_ffn(f"{q}.ffns.0", e, f))
+        for n in range(3):
+            keys.update(_ln(f"{q}.norms.{n}", e))
+    keys.update(_ln(f"{td}.post_norm", e))
+    d = "decode_head"
+    keys.update({f"{d}.query_embed.weight": (cfg.num_queries, e), f"{d}.query_feat.weight": (cfg.num_queries, e),
+                 f"{d}.level_embed.weight": (3, e), **_lin(f"{d}.cls_embed", e, k + 1)})
+    for j in (0, 2, 4):
+        keys.update(_lin(f"{d}.mask_embed.{j}", e, e))
     return keys
 
 

@@ -6,7 +6,8 @@ compares with the COCO-Stuff label maps, as ViT-Adapter's own evaluation did (mm
 :data:`bench.data.prepare.STUFF_LUT`, 255 ignored; intersection and union per class summed over
 the 5000 images; mean over classes with a non-empty union). With the released UperNet checkpoint
 the result should be the published single-scale 50.5 (to within about 0.3: bench resizes with
-torch's bilinear instead of OpenCV's; ``--tolerance`` sets the margin).
+torch's bilinear instead of OpenCV's; ``--tolerance`` sets the margin); ``--model`` with the
+Mask2Former releases: 51.7 (BEiT-L) and 52.3 (BEiTv2-L).
 
     python -m bench.metrics.vit_adapter.reproduce --images val2017.zip \\
         --labels stuffthingmaps_trainval2017.zip --device cuda
@@ -27,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-PUBLISHED_SS = {"upernet-beit-l-cocostuff164k": 50.5}
+PUBLISHED_SS = {"upernet-beit-l-cocostuff164k": 50.5, "mask2former-beit-l-cocostuff164k": 51.7,
+                "mask2former-beitv2-l-cocostuff164k": 52.3}  # the README table's single-scale mIoU
 
 
 class _Files:

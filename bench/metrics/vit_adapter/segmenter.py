@@ -3,7 +3,9 @@
 Selection (options of :class:`ViTAdapterSegmenter`, defaults from the environment):
 
 * variant ``model``: ``$BENCH_VIT_ADAPTER_MODEL`` or ``upernet-beit-l-cocostuff164k``
-  (:data:`~.configs.VARIANTS`; ``tiny`` is a test-size model: random weights or a file);
+  (:data:`~.configs.VARIANTS`: also ``mask2former-beit-l-cocostuff164k`` and
+  ``mask2former-beitv2-l-cocostuff164k``; ``tiny`` / ``tiny-mask2former`` are test-size models:
+  random weights or a file);
 * weights ``weights``: ``$BENCH_VIT_ADAPTER_WEIGHTS`` or ``registry`` = the variant's file from
   ``bench.weights`` (must be in place: ``bench weights fetch|import``); a path = that checkpoint;
   ``random`` = seeded random initialisation (seed 0), for smoke runs and benchmarks only: its
@@ -110,6 +112,9 @@ class ViTAdapterSegmenter:
                                                                   "trained segmenter; smoke runs only)",
                 "published_miou": c.published_miou, "config": c.config_file,
                 "inference": (f"keep-ratio resize to {c.img_scale} (bilinear), multiple of {c.size_divisor}, "
-                              f"ImageNet mean/std, slide {c.crop}/{c.stride}, bilinear logits to (H, W), argmax"),
+                              f"ImageNet mean/std, slide {c.crop}/{c.stride}, bilinear "
+                              + ("logits" if c.head == "upernet" else
+                                 "Mask2Former semantic scores (sum over queries of softmax(class)[:171] x "
+                                 "sigmoid(mask))") + " to (H, W), argmax"),
                 "label_space_native": "cocostuff164k-trainid (171 classes, mmseg order)",
                 "label_mapping": self.mapping}
