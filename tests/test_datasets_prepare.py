@@ -512,3 +512,18 @@ def test_run_on_prepared_set_reports_a_corrupt_image_and_goes_on(tmp_path, monke
                          out=str(tmp_path / "run")))
     assert res.units_failed == 1 and any("0802.png" in p for p in res.problems), res.problems
     assert res.units_coded == 2
+
+
+def test_a_16_bit_rgb_source_is_refused_not_truncated(tmp_path):
+    """Pillow decodes 16-bit RGB PNG to 8-bit by dropping the low byte: prepare reads the depth from
+    the file before decoding and refuses it, naming the file (the images policy)."""
+    from test_hostile_inputs import png16
+
+    good = png_bytes(image(800, 800, 1))
+    deep = png16(np.full((800, 800, 3), 40000, np.uint16), 2)
+    z = write_zip(tmp_path / "DIV2K_valid_HR.zip", {"DIV2K_valid_HR/0801.png": good,
+                                                    "DIV2K_valid_HR/0802.png": deep})
+    card = card_for("div2k", {z.name: z}, tmp_path, expect={"count": 2, "size": [768, 768]})
+    res = prep.prepare(card, tmp_path / "out", [z], fetch=False)
+    assert not res.complete and res.count == 1
+    assert "0802.png" in res.problems[0] and "16" in res.problems[0]

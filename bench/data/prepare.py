@@ -60,7 +60,7 @@ from PIL import Image
 
 from bench.cards import Card
 from bench.data.download import Archive, DownloadError, download
-from bench.data.images import ImageError, pixel_sha256, to_rgb
+from bench.data.images import ImageError, pixel_sha256, sample_bits, to_rgb
 from bench.data.loaders import DatasetError, default_data_dir
 from bench.hashing import sha256_bytes, sha256_json
 
@@ -480,8 +480,9 @@ def _prepare_one(job: Job, ops: list[dict], out_dir: Path, image_rel: str, plan_
     where = f"{job.source.where}:{job.name}"
     try:
         with Image.open(io.BytesIO(data)) as im:
+            bits = sample_bits(im)  # before load(): Pillow reads 16-bit RGB as 8-bit, dropping the low byte
             im.load()
-            rgb, notes = to_rgb(im, where)
+            rgb, notes = to_rgb(im, where, bits)
     except ImageError:
         raise
     except Exception as exc:

@@ -49,8 +49,8 @@ Backends
     (171 classes), rebuilt in plain PyTorch in ``bench.metrics.vit_adapter`` and loading
     the released checkpoint unchanged (``bench weights fetch
     vit-adapter-upernet-beit-l-cocostuff164k``). Variant ``$BENCH_VIT_ADAPTER_MODEL``
-    (default ``upernet-beit-l-cocostuff164k``; the Mask2Former releases are listed but
-    not implemented), weights ``$BENCH_VIT_ADAPTER_WEIGHTS`` (``registry`` default, a
+    (default ``upernet-beit-l-cocostuff164k``; or ``mask2former-beit-l-cocostuff164k``,
+    ``mask2former-beitv2-l-cocostuff164k``), weights ``$BENCH_VIT_ADAPTER_WEIGHTS`` (``registry`` default, a
     path, or ``random`` for smoke runs). Its ``predict_trainid`` gives the 171-class
     train ids that ``miou_cocostuff`` compares with COCO-Stuff maps; ``predict`` maps
     them to the thing label space above for ``miou``.
