@@ -40,6 +40,7 @@ the real rate.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
@@ -86,6 +87,30 @@ _ADDED_COLUMNS = (("units", "weights", "TEXT"), ("units", "fingerprint", "TEXT")
 
 class StoreError(OSError):
     """The run directory cannot be used; says why."""
+
+
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+_FORBIDDEN = {errno.EROFS, errno.EACCES, errno.EPERM}
+RESUME_HINT = "finished units are kept: run the same command again to resume"
+
+
+def output_error(exc: OSError, *paths: Path) -> str | None:
+    """A message when ``exc``, raised while writing ``paths``, means the run directory can take
+    no more data: its disk (or quota) is full, or its folders cannot be written (read-only
+    filesystem, permissions). None for any other error (which fails one unit only)."""
+    folder = paths[0].parent if paths else None
+    if exc.errno in _FULL:
+        why = "the disk is full (or the quota used up)"
+    elif exc.errno in _FORBIDDEN and exc.filename and any(_related(Path(exc.filename), p.parent) for p in paths):
+        why = "the folder cannot be written (read-only filesystem or no permission)"
+    else:
+        return None
+    return (f"cannot write to {folder}: {why} ({exc.strerror or exc}). Free space or make the folder writable "
+            f"(or choose another --out); {RESUME_HINT}")
+
+
+def _related(a: Path, b: Path) -> bool:
+    return a == b or b in a.parents or a in b.parents
 
 
 def content_key(**parts: Any) -> str:
@@ -160,12 +185,23 @@ class RunStore:
         return row[0] if row else None
 
     def _set_state(self, key: str, value: str) -> str:
-        with self.db:
+        with self._tx():
             self.db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, value))
         return value
 
     def close(self) -> None:
         self.db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        """One ledger transaction; a write the disk refuses (full, read-only) becomes a
+        StoreError naming the run directory (the transaction is rolled back: nothing half-written)."""
+        try:
+            with self.db:
+                yield
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"cannot write the ledger of {self.root}: {exc}. Free space or make the folder "
+                             f"writable (or choose another --out); {RESUME_HINT}") from exc
 
     # -- paths -----------------------------------------------------------------
     def unit_paths(self, dataset: str, codec: str, point: str, seed: int, image_id: str) -> UnitPaths:
@@ -187,7 +223,7 @@ class RunStore:
 
     def remember_image(self, path: Path, sha256: str, height: int, width: int) -> None:
         st = path.stat()
-        with self.db:
+        with self._tx():
             self.db.execute("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?)",
                             (str(path.resolve()), st.st_size, st.st_mtime_ns, sha256, height, width))
 
@@ -206,7 +242,7 @@ class RunStore:
 
     def add_unit(self, row: dict) -> None:
         """Insert a finished unit; replaces (with its metrics) any unit at the same coordinates."""
-        with self.db:
+        with self._tx():
             old = self.db.execute(
                 "SELECT unit_key FROM units WHERE dataset=? AND image_id=? AND codec=? AND point=? AND seed=?",
                 (row["dataset"], row["image_id"], row["codec"], row["point"], row["seed"])).fetchall()
@@ -226,7 +262,7 @@ class RunStore:
         if not values:
             return
         now = time.time()
-        with self.db:
+        with self._tx():
             self.db.executemany("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?)",
                                 [(unit_key, m, versions[m], v, device, now) for m, v in values.items()])
         self._set_state("dirty", "1")
@@ -236,7 +272,7 @@ class RunStore:
                        weights: str | None = None) -> None:
         """Store a set metric computed from the units whose keys ``key`` covers; ``mean_bpp``
         is the mean bpp of exactly those units (plots draw the value there)."""
-        with self.db:
+        with self._tx():
             self.db.execute("INSERT OR REPLACE INTO set_metrics (dataset, codec, point, seed, metric, value, n_images, "
                             "extra, key, finished_at, mean_bpp, weights) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             (dataset, codec, point, seed, metric, value, n_images, json.dumps(extra or {}), key,
@@ -264,10 +300,22 @@ class RunStore:
         old = set(self.db.execute("SELECT kind, key, version FROM scope").fetchall())
         if new == old:
             return
-        with self.db:
+        with self._tx():
             self.db.execute("DELETE FROM scope")
             self.db.executemany("INSERT INTO scope VALUES (?, ?, ?)", sorted(new))
         self._set_state("dirty", "1")
+
+    def widen_scope(self, unit_keys: list[str], metrics: dict[str, str]) -> None:
+        """Add to the recorded scope without removing anything: the tables written while a run
+        goes on then hold the earlier scope plus what this run planned so far, and only grow.
+        The end of the run records the exact scope (:meth:`set_scope`)."""
+        new = [("unit", k, "") for k in unit_keys] + [("metric", m, v) for m, v in metrics.items()]
+        with self._tx():
+            before = self.db.total_changes
+            self.db.executemany("INSERT OR IGNORE INTO scope VALUES (?, ?, ?)", new)
+            added = self.db.total_changes != before
+        if added:
+            self._set_state("dirty", "1")
 
     def outside_scope(self) -> list[tuple[str, str, str, int, int]]:
         """What the directory holds beyond the current experiment: one
@@ -365,8 +413,12 @@ class RunStore:
         import pyarrow.parquet as pq
 
         for name, table in (("per_image", self.per_image_table()), ("per_set", self.per_set_table())):
-            with atomic_path(self.root / f"{name}.parquet") as tmp:
-                pq.write_table(table, tmp)
+            try:
+                with atomic_path(self.root / f"{name}.parquet") as tmp:
+                    pq.write_table(table, tmp)
+            except OSError as exc:  # the previous table (if any) is still there, whole
+                raise StoreError(f"cannot write {name}.parquet in {self.root}: {exc}. Free space or make the "
+                                 f"folder writable (or choose another --out); {RESUME_HINT}") from exc
         self._set_state("dirty", "0")
         return True
 
