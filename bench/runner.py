@@ -282,7 +282,7 @@ def _code_unit(task: UnitTask, settings: CodecSettings) -> tuple[dict, np.ndarra
         with atomic_path(task.paths.recon) as tmp:
             write_png(recon, tmp)
     except (CodecError, ExperimentError, OSError, ValueError) as exc:
-        fatal = output_error(exc, task.paths.recon) if isinstance(exc, OSError) else None
+        fatal = output_error(exc, task.paths.bitstream, task.paths.recon) if isinstance(exc, OSError) else None
         if fatal:  # disk full, read-only or forbidden: every other unit would fail the same way
             out["fatal"] = f"{where}: {fatal}"
         out["errors"].append(f"{where}: {exc}")

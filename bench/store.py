@@ -98,10 +98,11 @@ def output_error(exc: OSError, *paths: Path) -> str | None:
     """A message when ``exc``, raised while writing ``paths``, means the run directory can take
     no more data: its disk (or quota) is full, or its folders cannot be written (read-only
     filesystem, permissions). None for any other error (which fails one unit only)."""
-    folder = paths[0].parent if paths else None
+    hit = [p.parent for p in paths if exc.filename and _related(Path(exc.filename), p.parent)]
+    folder = (hit or [p.parent for p in paths] or ["the run directory"])[0]
     if exc.errno in _FULL:
         why = "the disk is full (or the quota used up)"
-    elif exc.errno in _FORBIDDEN and exc.filename and any(_related(Path(exc.filename), p.parent) for p in paths):
+    elif exc.errno in _FORBIDDEN and hit:
         why = "the folder cannot be written (read-only filesystem or no permission)"
     else:
         return None
@@ -431,10 +432,16 @@ class RunStore:
 
 
 def read_table(run_dir: str | Path, name: str):
-    """Load ``per_image`` or ``per_set`` of a run directory as a DataFrame."""
+    """Load ``per_image`` or ``per_set`` of a run directory as a DataFrame.
+
+    Safe while a run refreshes its tables: the file is opened once, so the read sees one
+    whole version (a reader that opens a path twice, as ``pandas.read_parquet(path)`` does
+    through pyarrow's dataset API, can pair one version's size with the next one's bytes)."""
     import pandas as pd
 
     path = Path(run_dir) / f"{name}.parquet"
-    if not path.exists():
-        raise StoreError(f"{path} does not exist: is {run_dir} a finished bench run directory?")
-    return pd.read_parquet(path)
+    try:
+        with open(path, "rb") as f:
+            return pd.read_parquet(f)
+    except FileNotFoundError:
+        raise StoreError(f"{path} does not exist: is {run_dir} a finished bench run directory?") from None
