@@ -76,7 +76,7 @@ def run_cmd(
     workers: Optional[int] = typer.Option(None, help="Parallel worker processes (--executor ray without --address: "
                                           "the local Ray instance's CPUs, 1 = every core).", show_default="1"),
     executor: Optional[str] = typer.Option(None, help="local (this machine: inline or a process pool) or ray (Ray "
-                                           "tasks; pip install 'bench[ray]').", show_default="local"),
+                                           "tasks; needs the 'ray' extra of bench).", show_default="local"),
     address: Optional[str] = typer.Option(None, help="--executor ray: address of a running Ray cluster (host:port "
                                           "or 'auto'); the run directory must be on a filesystem every node mounts.",
                                           show_default="start a local Ray instance"),

@@ -22,7 +22,10 @@ rows are written only when a finished result arrives.
   joins that cluster. Workers read and write the run directory directly, so on a
   multi-node cluster ``--out`` must be on a filesystem every node mounts at the
   same path (NFS, Lustre, ...); the images travel with the tasks. Ray is an
-  optional dependency (``pip install 'bench[ray]'``), imported only here.
+  optional dependency (the ``ray`` extra), imported only here.
+
+Set metrics (FID, KID, mIoU) are not sharded: they run after the units in the driver
+(``bench.runner.run_set_metrics``), on its ``--device``.
 """
 from __future__ import annotations
 
@@ -140,8 +143,8 @@ def _ray():
     try:
         import ray
     except ImportError as exc:
-        raise ExperimentError("--executor ray needs Ray, which is not installed here: pip install 'bench[ray]' "
-                              "(or use the default --executor local)") from exc
+        raise ExperimentError("--executor ray needs Ray, which is not installed here: pip install ray==2.60.0 (the "
+                              "'ray' extra of bench), or use the default --executor local") from exc
     return ray
 
 
@@ -151,12 +154,18 @@ class RayExecutor(Executor):
     name = "ray"
 
     def __init__(self, exp: Experiment, metrics: list[str]) -> None:
-        ray = self.ray = _ray()
+        self.ray = _ray()
         self.exp, self.metrics = exp, metrics
         self.gpu = exp.device.startswith("cuda")
         # a Ray worker sees only the GPU it was given, as cuda:0
         self.settings = CodecSettings("cuda" if self.gpu else exp.device, exp.dtype, exp.init)
-        self.started = False
+        self.started = False  # this run started (and will stop) a local Ray instance
+        self.task = None  # the remote function, once connected (at the first unit to do)
+        self.refs: list = []
+
+    def _connect(self) -> None:
+        """Join or start Ray: at the first unit to do, so a finished run starts nothing."""
+        ray, exp = self.ray, self.exp
         if not ray.is_initialized():
             import logging
 
@@ -181,14 +190,15 @@ class RayExecutor(Executor):
         self.in_flight = 2 * int(slots)
         self.task = ray.remote(ray_units).options(num_cpus=1, num_gpus=1 if self.gpu else 0,
                                                   max_retries=RAY_MAX_RETRIES)
-        self.refs: list = []
 
     def run_units(self, work: Work, handle: Handle) -> None:
-        ray, out = self.ray, str(Path(self.exp.out).resolve())
+        out = str(Path(self.exp.out).resolve())
         for batch in work:
             if batch is None:
                 handle(skipped())
                 continue
+            if self.task is None:
+                self._connect()
             self.refs.append(self.task.remote(batch, self.settings, out))
             if len(self.refs) >= self.in_flight:
                 self._collect(handle, 1)

@@ -483,20 +483,23 @@ def run(exp: Experiment, progress: Callable[[str, int, int], None] | None = None
         if res.get("fatal"):  # the run directory takes no more data: stop, keep what is finished
             raise StoreError(res["fatal"])
         finished += 1
-        if res["unit_key"] is not None:
-            if res["unit"]:
-                store.add_unit(res["unit"])
-                result.units_coded += 1
-            elif res.get("failed"):
-                result.units_failed += 1
-            if res["metrics"]:
-                store.add_metrics(res["unit_key"], res["metrics"], planner.versions, exp.device)
-                result.metric_values += len(res["metrics"])
-            result.problems.extend(res["errors"])
-            if time.monotonic() - last_export >= tables_every:  # tables readable (and growing) while it runs
-                store.widen_scope(list(planner.keys.values()), planner.versions)
-                store.export_tables()
-                last_export = time.monotonic()
+        if res["unit_key"] is None:  # reused
+            if progress:
+                progress("units", finished, total)
+            return
+        if res["unit"]:
+            store.add_unit(res["unit"])
+            result.units_coded += 1
+        elif res.get("failed"):
+            result.units_failed += 1
+        if res["metrics"]:
+            store.add_metrics(res["unit_key"], res["metrics"], planner.versions, exp.device)
+            result.metric_values += len(res["metrics"])
+        result.problems.extend(res["errors"])
+        if time.monotonic() - last_export >= tables_every:  # tables readable (and growing) while it runs
+            store.widen_scope(list(planner.keys.values()), planner.versions)
+            store.export_tables()
+            last_export = time.monotonic()
         if progress:
             progress("units", finished, total)
 

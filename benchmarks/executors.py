@@ -10,8 +10,8 @@
 2. overhead: a small run (1 image, 1 point, PSNR): Ray vs the best local configuration,
    as a ratio and in seconds (Ray's start-up, its workers' imports, task round trips).
 
-Each figure is the median over ``--repeat`` runs (wall clock). The machine's other load
-changes the figures: run it on an idle machine.
+Each figure is the median over ``--repeat`` runs (wall clock); the configurations take
+turns, so load from elsewhere falls on all alike. Still, run it on an idle machine.
 Usage: ``python benchmarks/executors.py [--data-dir ../shared/data/kodak] [--images 12] [--repeat 3]``
 """
 from __future__ import annotations
@@ -19,11 +19,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from perf import BENCH, REPO, median_of  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from perf import BENCH, REPO, timed  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 METRICS = "psnr,ssim,ms_ssim,gmsd"
 CONFIGS = {"local, 1 worker": ["--workers", "1"], "local, 2 workers": ["--workers", "2"],
@@ -36,14 +37,18 @@ def cmd(data_dir: str, out: Path, images: int, codecs: str, points: str, metrics
 
 
 def measure(args, tmp: Path, images: int, codecs: str, points: str, metrics: str) -> dict[str, float]:
-    times = {}
-    for name, extra in CONFIGS.items():
-        out = tmp / name.replace(", ", "-").replace(" ", "")
-        times[name], all_times = median_of(args.repeat, lambda: cmd(args.data_dir, out, images, codecs, points,
-                                                                    metrics, extra),
-                                           lambda: shutil.rmtree(out, ignore_errors=True))
-        print(f"  {name:<18} {times[name]:7.2f} s  (runs: {', '.join(f'{t:.2f}' for t in all_times)})", flush=True)
-    return times
+    """Median wall time of each configuration; the configurations take turns (one run of
+    each per round) so that load from elsewhere falls on all of them alike."""
+    runs: dict[str, list[float]] = {name: [] for name in CONFIGS}
+    for _ in range(args.repeat):
+        for name, extra in CONFIGS.items():
+            out = tmp / name.replace(", ", "-").replace(" ", "")
+            shutil.rmtree(out, ignore_errors=True)
+            runs[name].append(timed(cmd(args.data_dir, out, images, codecs, points, metrics, extra)))
+    for name, times in runs.items():
+        print(f"  {name:<18} {statistics.median(times):7.2f} s  (runs: {', '.join(f'{t:.2f}' for t in times)})",
+              flush=True)
+    return {name: statistics.median(times) for name, times in runs.items()}
 
 
 def main() -> None:

@@ -116,6 +116,15 @@ def test_worker_killed_mid_unit_is_retried_and_recorded_once(ray_cluster, kodak_
     same_tables(tmp_path / "local", tmp_path / "ray")
 
 
+def test_a_worker_that_cannot_see_the_run_directory_says_so(tmp_path):
+    from bench.executors import ray_units
+    from bench.runner import CodecSettings
+
+    with pytest.raises(ExperimentError, match=r"run directory .*missing is not visible on node .* --out must be on "
+                                              r"a filesystem every node mounts"):
+        ray_units([], CodecSettings(), str(tmp_path / "missing"))
+
+
 def test_address_needs_ray_and_executor_is_checked(kodak_dir, tmp_path):
     with pytest.raises(ExperimentError, match="--address .* --executor ray"):
         run(exp(kodak_dir, tmp_path / "r", address="auto"))
