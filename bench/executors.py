@@ -211,8 +211,8 @@ class RayExecutor(Executor):
             try:
                 results = self.ray.get(ref)
             except self.ray.exceptions.RayTaskError as exc:  # raised inside the task (e.g. run dir not shared)
-                cause = exc.as_instanceof_cause()
-                raise (cause if isinstance(cause, ExperimentError) else ExperimentError(str(exc))) from None
+                cause = getattr(exc, "cause", None)
+                raise ExperimentError(str(cause) if isinstance(cause, ExperimentError) else str(exc)) from None
             except self.ray.exceptions.RayError as exc:  # retries used up: workers or nodes kept dying
                 raise ExperimentError(f"a Ray task failed {RAY_MAX_RETRIES + 1} times ({type(exc).__name__}: "
                                       f"{exc}); finished units are saved, run the same command again to resume") \
