@@ -201,8 +201,9 @@ class RunStore:
             with self.db:
                 yield
         except sqlite3.OperationalError as exc:
-            raise StoreError(f"cannot write the ledger of {self.root}: {exc}. Free space or make the folder "
-                             f"writable (or choose another --out); {RESUME_HINT}") from exc
+            what = ("Free space or make the folder writable (or choose another --out)"
+                    if any(w in str(exc) for w in ("full", "readonly", "I/O")) else "Is another process writing it?")
+            raise StoreError(f"cannot write the ledger of {self.root}: {exc}. {what}; {RESUME_HINT}") from exc
 
     # -- paths -----------------------------------------------------------------
     def unit_paths(self, dataset: str, codec: str, point: str, seed: int, image_id: str) -> UnitPaths:

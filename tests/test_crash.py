@@ -168,6 +168,21 @@ def test_tables_kept_whole_when_they_cannot_be_rewritten(kodak_dir, tmp_path, mo
     assert not list(out.glob(".*.tmp*"))  # no temporary left behind
 
 
+def test_a_full_ledger_is_a_clear_error_and_keeps_what_it_holds(kodak_dir, tmp_path):
+    out = tmp_path / "run"
+    run(Experiment(dataset="kodak", data_dir=str(kodak_dir), limit=1, codecs=["jpeg"], points=[10, 50],
+                   metrics=["psnr"], out=str(out)))
+    store = RunStore(out)
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own "database or disk is full"
+    row = {"unit_key": "k" * 64, "dataset": "kodak", "image_id": "x", "codec": "jpeg", "point": "10", "seed": 0,
+           "breakdown": "x" * 200_000, "bitstream": str(out / "b.bin"), "recon": str(out / "r.png")}
+    with pytest.raises(StoreError, match=r"cannot write the ledger of .*run: database or disk is full\. Free space"):
+        store.add_unit(row)
+    store.close()
+    assert len(ledger(out)) == 2 and "k" * 64 not in ledger(out)  # rolled back whole; the finished units stay
+
+
 def test_unwritable_out_folder_is_a_clear_error(kodak_dir, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
