@@ -87,8 +87,11 @@ def unit_keys(out: Path) -> list[str]:
 
 
 def test_ray_gives_the_local_tables_and_resume_keys(ray_cluster, kodak_dir, tmp_path):
-    local = run(exp(kodak_dir, tmp_path / "local"))
-    on_ray = run(exp(kodak_dir, tmp_path / "ray", executor="ray"))
+    path = tmp_path / "experiment.yaml"  # one experiment file, run both ways
+    path.write_text(f"dataset: kodak\ndata_dir: {kodak_dir}\ncodecs: [jpeg]\npoints: [10, 50]\n"
+                    "metrics: [psnr, gmsd]\nlimit: 2\n")
+    local = run(Experiment.from_yaml(path, out=str(tmp_path / "local")))
+    on_ray = run(Experiment.from_yaml(path, out=str(tmp_path / "ray"), executor="ray"))
     assert local.units_coded == on_ray.units_coded == 4 and not on_ray.problems
     assert on_ray.metric_values == local.metric_values == 8
     same_tables(tmp_path / "local", tmp_path / "ray")
