@@ -5,8 +5,8 @@ One local Ray instance (2 CPUs, no dashboard, no network) serves the whole modul
 workers see the test plugin below through PYTHONPATH, as a cluster's nodes would see an
 installed plugin."""
 import os
-import signal
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 
@@ -133,3 +133,13 @@ def test_address_needs_ray_and_executor_is_checked(kodak_dir, tmp_path):
         run(exp(kodak_dir, tmp_path / "r", address="auto"))
     with pytest.raises(ExperimentError, match="--executor must be local or ray"):
         run(exp(kodak_dir, tmp_path / "r", executor="dask"))
+
+
+def test_the_local_path_never_imports_ray(kodak_dir, tmp_path):
+    code = ("import sys; from bench.runner import Experiment, run; "
+            f"run(Experiment(dataset='kodak', data_dir={str(kodak_dir)!r}, codecs=['jpeg'], points=[10], "
+            f"metrics=['psnr'], limit=1, out={str(tmp_path / 'r')!r})); "
+            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
