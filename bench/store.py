@@ -160,7 +160,7 @@ class RunStore:
     """A run directory (created if needed). Only one process writes the ledger."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+        self.root = Path(root).absolute()  # absolute: Ray workers elsewhere (other cwd) write to the same paths
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / f".write-test-{os.getpid()}"
