@@ -73,7 +73,13 @@ def run_cmd(
                                         show_default="0"),
     out: Optional[str] = typer.Option(None, help="Run directory; re-running the same command resumes it.",
                                       show_default="runs/default"),
-    workers: Optional[int] = typer.Option(None, help="Parallel worker processes.", show_default="1"),
+    workers: Optional[int] = typer.Option(None, help="Parallel worker processes (--executor ray without --address: "
+                                          "the local Ray instance's CPUs, 1 = every core).", show_default="1"),
+    executor: Optional[str] = typer.Option(None, help="local (this machine: inline or a process pool) or ray (Ray "
+                                           "tasks; needs the 'ray' extra of bench).", show_default="local"),
+    address: Optional[str] = typer.Option(None, help="--executor ray: address of a running Ray cluster (host:port "
+                                          "or 'auto'); the run directory must be on a filesystem every node mounts.",
+                                          show_default="start a local Ray instance"),
     device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N.", show_default="cpu"),
     dtype: Optional[str] = typer.Option(None, help="Learned codecs' compute dtype: float32, float16 or bfloat16 "
                                         "(reduced precision is for GPUs).", show_default="float32"),
@@ -101,6 +107,7 @@ def run_cmd(
     overrides = dict(dataset=dataset, data_dir=data_dir, codecs=_split(codec),
                      points=[_point(p) for p in _split(points)] if points else None, metrics=_split(metrics),
                      seeds=[int(s) for s in _split(seeds)] if seeds else None, out=out, workers=workers,
+                     executor=executor, address=address,
                      device=device, dtype=dtype, init=init, limit=limit, batch=batch,
                      metric_batch=metric_batch)
     try:

@@ -22,9 +22,9 @@ reported; they never abort the others.
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,8 @@ from bench.codecs.base import Codec, CodecError, check_recon
 from bench.data.images import ImageError, read_rgb, write_png
 from bench.hashing import sha256_bytes
 from bench.data.loaders import Item, Loader, Sample, open_dataset
-from bench.store import RunStore, UnitPaths, atomic_path, atomic_write_bytes, content_key, point_str
+from bench.store import (RunStore, StoreError, UnitPaths, atomic_path, atomic_write_bytes, content_key, output_error,
+                         point_str)
 
 DEFAULT_METRICS = ("psnr", "ssim", "ms_ssim", "gmsd")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -69,6 +70,8 @@ class Experiment:
     limit: int | None = None  # only the first N images (quick looks)
     batch: int = 1  # units decoded and scored together (same codec point and image size; see batches())
     metric_batch: int | None = None  # set metrics' images/crops per feature-extractor forward (None: theirs, 32)
+    executor: str = "local"  # "local" (inline / process pool) or "ray" (bench.executors)
+    address: str | None = None  # --executor ray: an existing cluster's address (None: start a local one)
 
     def __post_init__(self) -> None:
         if self.dataset is None:
@@ -102,6 +105,10 @@ class Experiment:
             raise ExperimentError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ExperimentError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
+        if self.executor not in ("local", "ray"):
+            raise ExperimentError(f"--executor must be local or ray, got {self.executor!r}")
+        if self.address and self.executor != "ray":
+            raise ExperimentError("--address is the address of a Ray cluster: give it with --executor ray")
 
     @property
     def settings(self) -> "CodecSettings":
@@ -309,9 +316,14 @@ def _where(task: UnitTask) -> str:
 
 
 def _fail(out: dict, task: UnitTask, exc: Exception) -> None:
-    """Record a unit's codec failure: a CodecError & co. as is, anything else as an adapter bug."""
+    """Record a unit's codec failure: a CodecError & co. as is, anything else as an adapter bug.
+    A run directory that cannot take the unit's files (disk full, read-only, forbidden) is also
+    marked ``fatal``: every other unit would fail the same way, so the run stops."""
     known = (CodecError, ExperimentError, OSError, ValueError)
     what = str(exc) if isinstance(exc, known) else f"adapter error {type(exc).__name__}: {exc}"
+    fatal = output_error(exc, task.paths.bitstream, task.paths.recon) if isinstance(exc, OSError) else None
+    if fatal:
+        out["fatal"] = f"{_where(task)}: {fatal}"
     out["errors"].append(f"{_where(task)}: {what}")
     out["failed"] = True
 
@@ -373,11 +385,11 @@ def _finish_unit(task: UnitTask, settings: CodecSettings, out: dict, stored: byt
         breakdown = decoder.bits_breakdown(stored)
         estimate = getattr(decoder, "estimated_bits", None)  # official rate estimate (CDC): a second row kind
         est_bits = float(estimate(stored)) if callable(estimate) else None
+        with atomic_path(task.paths.recon) as tmp:
+            write_png(recon, tmp)
     except Exception as exc:  # noqa: BLE001 - this unit fails, the run goes on
         _fail(out, task, exc)
         return None
-    with atomic_path(task.paths.recon) as tmp:
-        write_png(recon, tmp)
     h, w = task.rgb.shape[:2]
     bits = 8 * len(stored)
     encoder = _codec(task.card, settings, "encode")
@@ -605,7 +617,6 @@ def run(exp: Experiment, progress: Callable[[str, int, int], None] | None = None
     store = RunStore(exp.out)
     result = RunResult(Path(exp.out), store.run_id, problems=notes)
     planner = _Planner(exp, store, loader, plans, metrics, result)
-    pools: list[ProcessPoolExecutor] = []
     record = provenance.collect(exp.device, exp.dtype)
     record["experiment"] = {k: getattr(exp, k) for k in exp.__dataclass_fields__}
     record["dataset"] = {"card": ds_card.path, "card_hash": ds_card.hash, "data_dir": str(loader.data_dir),
@@ -625,8 +636,14 @@ def run(exp: Experiment, progress: Callable[[str, int, int], None] | None = None
     finished = 0
     set_keys: list[str] = []
 
+    tables_every = _tables_every()
+    last_export = time.monotonic()
+
     def handle(res: dict) -> None:
-        nonlocal finished
+        """Record one unit's result: the driver is the ledger's only writer."""
+        nonlocal finished, last_export
+        if res.get("fatal"):  # the run directory takes no more data: stop, keep what is finished
+            raise StoreError(res["fatal"])
         finished += 1
         if res["unit_key"] is None:  # reused
             if progress:
@@ -641,39 +658,43 @@ def run(exp: Experiment, progress: Callable[[str, int, int], None] | None = None
             store.add_metrics(res["unit_key"], res["metrics"], planner.versions, exp.device)
             result.metric_values += len(res["metrics"])
         result.problems.extend(res["errors"])
+        if time.monotonic() - last_export >= tables_every:  # tables readable (and growing) while it runs
+            store.widen_scope(list(planner.keys.values()), planner.versions)
+            store.export_tables()
+            last_export = time.monotonic()
         if progress:
             progress("units", finished, total)
 
+    from bench.executors import make_executor
+
+    completed = False
     try:
-        work = batches(planner.tasks(items), exp.batch)
-        if exp.workers == 1:
-            for batch in work:
-                for res in do_units(batch, exp.settings) if batch else [_skipped(batch)]:
-                    handle(res)
-        else:
-            _run_pool(pools, work, exp, metrics, handle)
-            for pool in pools:
-                pool.shutdown(wait=False)  # idle workers exit while the tables are written
+        with make_executor(exp, metrics) as executor:
+            executor.run_units(batches(planner.tasks(items), exp.batch), handle)
         if set_metrics:
             set_keys = run_set_metrics(store, loader, items, plans, planner.keys, set_metrics, exp.device, result,
                                        progress, exp.metric_batch)
+        completed = True
     except KeyboardInterrupt:
         result.problems.append("interrupted: finished units are saved; run the same command again to resume")
         raise
     finally:
-        for pool in pools:
-            pool.shutdown(wait=False, cancel_futures=True)
-        store.set_scope(list(planner.keys.values()), planner.versions, set_keys)
-        store.export_tables()
-        others = store.outside_scope()
-        if others:
-            result.problems.append(f"note: {out_dir_note(others)}")
-        result.seconds = time.perf_counter() - t_start
-        record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        record["summary"] = {"units_total": total, "units_coded": result.units_coded,
-                             "metric_values": result.metric_values, "problems": result.problems}
-        store.record_invocation(record)
-        store.close()
+        try:
+            store.set_scope(list(planner.keys.values()), planner.versions, set_keys)
+            store.export_tables()
+            others = store.outside_scope()
+            if others:
+                result.problems.append(f"note: {out_dir_note(others)}")
+            result.seconds = time.perf_counter() - t_start
+            record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            record["summary"] = {"units_total": total, "units_coded": result.units_coded,
+                                 "metric_values": result.metric_values, "problems": result.problems}
+            store.record_invocation(record)
+        except (OSError, sqlite3.Error):
+            if completed:  # otherwise the error that stopped the run is the one to report
+                raise
+        finally:
+            store.close()
     return result
 
 
@@ -810,40 +831,11 @@ def _with_batch_size(spec: Any, batch_size: int | None) -> Any:
     return spec
 
 
-def _skipped(_: None) -> dict:
-    return {"unit_key": None, "unit": None, "metrics": {}, "errors": []}
-
-
-def _start_pool(exp: Experiment, metrics: list[str]) -> ProcessPoolExecutor:
-    """``exp.workers`` spawned processes, one torch thread per core each, all started at once;
-    each imports torch and builds the metrics before its first task."""
-    import multiprocessing as mp
-
-    from bench.tuning import set_for_children
-
-    set_for_children()
-    threads = max(1, (os.cpu_count() or 1) // exp.workers)
-    return ProcessPoolExecutor(exp.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                               initargs=(threads, metrics, exp.device))
-
-
-def _run_pool(pools: list[ProcessPoolExecutor], work: Iterator[list[UnitTask] | None], exp: Experiment,
-              metrics: list[str], handle: Callable[[dict], None]) -> None:
-    """Run ``work`` on a pool started at the first unit to do (a finished run starts none);
-    the pool is appended to ``pools`` for the caller to shut down."""
-    pending = set()
-    for batch in work:
-        if batch is None:
-            handle(_skipped(batch))
-            continue
-        if not pools:
-            pools.append(_start_pool(exp, metrics))
-        pending.add(pools[0].submit(do_units, batch, exp.settings))
-        if len(pending) >= 2 * exp.workers:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                for res in fut.result():
-                    handle(res)
-    for fut in wait(pending).done:
-        for res in fut.result():
-            handle(res)
+def _tables_every() -> float:
+    """Seconds between table refreshes during a run (``BENCH_TABLES_EVERY``, default 60;
+    0: after every unit). The tables are always written at the end as well."""
+    raw = os.environ.get("BENCH_TABLES_EVERY", "60")
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        raise ExperimentError(f"BENCH_TABLES_EVERY must be a number of seconds, got {raw!r}") from None

@@ -40,6 +40,7 @@ the real rate.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
@@ -88,6 +89,31 @@ class StoreError(OSError):
     """The run directory cannot be used; says why."""
 
 
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+_FORBIDDEN = {errno.EROFS, errno.EACCES, errno.EPERM}
+RESUME_HINT = "finished units are kept: run the same command again to resume"
+
+
+def output_error(exc: OSError, *paths: Path) -> str | None:
+    """A message when ``exc``, raised while writing ``paths``, means the run directory can take
+    no more data: its disk (or quota) is full, or its folders cannot be written (read-only
+    filesystem, permissions). None for any other error (which fails one unit only)."""
+    hit = [p.parent for p in paths if exc.filename and _related(Path(exc.filename), p.parent)]
+    folder = (hit or [p.parent for p in paths] or ["the run directory"])[0]
+    if exc.errno in _FULL:
+        why = "the disk is full (or the quota used up)"
+    elif exc.errno in _FORBIDDEN and hit:
+        why = "the folder cannot be written (read-only filesystem or no permission)"
+    else:
+        return None
+    return (f"cannot write to {folder}: {why} ({exc.strerror or exc}). Free space or make the folder writable "
+            f"(or choose another --out); {RESUME_HINT}")
+
+
+def _related(a: Path, b: Path) -> bool:
+    return a == b or b in a.parents or a in b.parents
+
+
 def content_key(**parts: Any) -> str:
     """sha256 of the canonical JSON of ``parts``: the resume key of a unit of work."""
     return sha256_json(parts)
@@ -134,7 +160,7 @@ class RunStore:
     """A run directory (created if needed). Only one process writes the ledger."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+        self.root = Path(root).absolute()  # absolute: Ray workers elsewhere (other cwd) write to the same paths
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / f".write-test-{os.getpid()}"
@@ -160,12 +186,24 @@ class RunStore:
         return row[0] if row else None
 
     def _set_state(self, key: str, value: str) -> str:
-        with self.db:
+        with self._tx():
             self.db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, value))
         return value
 
     def close(self) -> None:
         self.db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        """One ledger transaction; a write the disk refuses (full, read-only) becomes a
+        StoreError naming the run directory (the transaction is rolled back: nothing half-written)."""
+        try:
+            with self.db:
+                yield
+        except sqlite3.OperationalError as exc:
+            what = ("Free space or make the folder writable (or choose another --out)"
+                    if any(w in str(exc) for w in ("full", "readonly", "I/O")) else "Is another process writing it?")
+            raise StoreError(f"cannot write the ledger of {self.root}: {exc}. {what}; {RESUME_HINT}") from exc
 
     # -- paths -----------------------------------------------------------------
     def unit_paths(self, dataset: str, codec: str, point: str, seed: int, image_id: str) -> UnitPaths:
@@ -187,7 +225,7 @@ class RunStore:
 
     def remember_image(self, path: Path, sha256: str, height: int, width: int) -> None:
         st = path.stat()
-        with self.db:
+        with self._tx():
             self.db.execute("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?)",
                             (str(path.resolve()), st.st_size, st.st_mtime_ns, sha256, height, width))
 
@@ -206,7 +244,7 @@ class RunStore:
 
     def add_unit(self, row: dict) -> None:
         """Insert a finished unit; replaces (with its metrics) any unit at the same coordinates."""
-        with self.db:
+        with self._tx():
             old = self.db.execute(
                 "SELECT unit_key FROM units WHERE dataset=? AND image_id=? AND codec=? AND point=? AND seed=?",
                 (row["dataset"], row["image_id"], row["codec"], row["point"], row["seed"])).fetchall()
@@ -226,7 +264,7 @@ class RunStore:
         if not values:
             return
         now = time.time()
-        with self.db:
+        with self._tx():
             self.db.executemany("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?)",
                                 [(unit_key, m, versions[m], v, device, now) for m, v in values.items()])
         self._set_state("dirty", "1")
@@ -236,7 +274,7 @@ class RunStore:
                        weights: str | None = None) -> None:
         """Store a set metric computed from the units whose keys ``key`` covers; ``mean_bpp``
         is the mean bpp of exactly those units (plots draw the value there)."""
-        with self.db:
+        with self._tx():
             self.db.execute("INSERT OR REPLACE INTO set_metrics (dataset, codec, point, seed, metric, value, n_images, "
                             "extra, key, finished_at, mean_bpp, weights) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             (dataset, codec, point, seed, metric, value, n_images, json.dumps(extra or {}), key,
@@ -264,10 +302,22 @@ class RunStore:
         old = set(self.db.execute("SELECT kind, key, version FROM scope").fetchall())
         if new == old:
             return
-        with self.db:
+        with self._tx():
             self.db.execute("DELETE FROM scope")
             self.db.executemany("INSERT INTO scope VALUES (?, ?, ?)", sorted(new))
         self._set_state("dirty", "1")
+
+    def widen_scope(self, unit_keys: list[str], metrics: dict[str, str]) -> None:
+        """Add to the recorded scope without removing anything: the tables written while a run
+        goes on then hold the earlier scope plus what this run planned so far, and only grow.
+        The end of the run records the exact scope (:meth:`set_scope`)."""
+        new = [("unit", k, "") for k in unit_keys] + [("metric", m, v) for m, v in metrics.items()]
+        with self._tx():
+            before = self.db.total_changes
+            self.db.executemany("INSERT OR IGNORE INTO scope VALUES (?, ?, ?)", new)
+            added = self.db.total_changes != before
+        if added:
+            self._set_state("dirty", "1")
 
     def outside_scope(self) -> list[tuple[str, str, str, int, int]]:
         """What the directory holds beyond the current experiment: one
@@ -365,8 +415,12 @@ class RunStore:
         import pyarrow.parquet as pq
 
         for name, table in (("per_image", self.per_image_table()), ("per_set", self.per_set_table())):
-            with atomic_path(self.root / f"{name}.parquet") as tmp:
-                pq.write_table(table, tmp)
+            try:
+                with atomic_path(self.root / f"{name}.parquet") as tmp:
+                    pq.write_table(table, tmp)
+            except OSError as exc:  # the previous table (if any) is still there, whole
+                raise StoreError(f"cannot write {name}.parquet in {self.root}: {exc}. Free space or make the "
+                                 f"folder writable (or choose another --out); {RESUME_HINT}") from exc
         self._set_state("dirty", "0")
         return True
 
@@ -379,10 +433,16 @@ class RunStore:
 
 
 def read_table(run_dir: str | Path, name: str):
-    """Load ``per_image`` or ``per_set`` of a run directory as a DataFrame."""
+    """Load ``per_image`` or ``per_set`` of a run directory as a DataFrame.
+
+    Safe while a run refreshes its tables: the file is opened once, so the read sees one
+    whole version (a reader that opens a path twice, as ``pandas.read_parquet(path)`` does
+    through pyarrow's dataset API, can pair one version's size with the next one's bytes)."""
     import pandas as pd
 
     path = Path(run_dir) / f"{name}.parquet"
-    if not path.exists():
-        raise StoreError(f"{path} does not exist: is {run_dir} a finished bench run directory?")
-    return pd.read_parquet(path)
+    try:
+        with open(path, "rb") as f:
+            return pd.read_parquet(f)
+    except FileNotFoundError:
+        raise StoreError(f"{path} does not exist: is {run_dir} a finished bench run directory?") from None
