@@ -124,6 +124,8 @@ _EXPERIMENT_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "workers": ((int,), "an integer >= 1"), "device": ((str,), "cpu, cuda or cuda:N"),
     "dtype": ((str,), "float32, float16 or bfloat16"), "init": ((str,), "pretrained or random"),
     "limit": ((int,), "an integer"), "batch": ((int,), "an integer >= 1"),
+    "metric_batch": ((int,), "an integer >= 1"), "executor": ((str,), "local or ray"),
+    "address": ((str,), "a Ray cluster address (HOST:PORT or auto)"),
 }
 
 
@@ -141,7 +143,7 @@ def validate_experiment(body: dict, where: str) -> None:
         if key not in _EXPERIMENT_TYPES:
             continue
         types, what = _EXPERIMENT_TYPES[key]
-        if value is None and key in ("dataset", "data_dir", "points", "limit"):
+        if value is None and key in ("dataset", "data_dir", "points", "limit", "metric_batch", "address"):
             continue
         bad = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
         if not bad and key == "seeds":

@@ -425,3 +425,11 @@ def test_a_folder_of_odd_images_runs_the_good_ones_and_names_the_bad(tmp_path, k
         assert any(p.startswith(f"image {name}: ") and why in p for p in res.problems), (name, text)
     assert any("c_rotated" in p and "EXIF orientation 8" in p for p in res.problems), text
     assert any("i_print" in p and "CMYK converted to RGB" in p for p in res.problems), text
+
+
+def test_every_experiment_field_is_validated():
+    """The experiment file's type table covers every Experiment field (a new option that is left out
+    would be refused as an unknown key in experiment files)."""
+    from bench.runner import _EXPERIMENT_TYPES, Experiment
+
+    assert set(_EXPERIMENT_TYPES) == set(Experiment.__dataclass_fields__)
