@@ -115,7 +115,7 @@ def roots() -> list[Path]:
 _SCALAR = (int, float, str)
 PROSE = ("description", "colour", "licence", "license", "padding", "binaries", "weight_files", "environment",
          "notes", "reference", "all_points", "source", "protocol", "env", "url_base", "annotations_url",
-         "captions", "instances", "images_dir", "identity", "homepage", "citation")
+         "captions", "instances", "images_dir", "identity", "homepage", "citation", "url")
 SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
     "codec": {"name": ((str,), "a non-empty string"), "adapter": ((str,), "the name of a registered codec adapter"),
               "params": ((dict,), "a mapping of the adapter's parameters"),
