@@ -24,8 +24,11 @@ rows are written only when a finished result arrives.
   same path (NFS, Lustre, ...); the images travel with the tasks. Ray is an
   optional dependency (the ``ray`` extra), imported only here.
 
-Set metrics (FID, KID, mIoU) are not sharded: they run after the units in the driver
-(``bench.runner.run_set_metrics``), on its ``--device``.
+Set metrics (FID, KID, mIoU) come after the units: ``run_set_jobs`` runs one
+:class:`bench.runner.SetJob` (one metric at one codec point) at a time in this process
+(``local``), or each as a Ray task (``ray``: one CPU, and a GPU with ``--device cuda``),
+and hands each result back to the driver, which stores it. Reference features cached under
+``<run>/cache`` are written atomically, so concurrent jobs share them safely.
 """
 from __future__ import annotations
 
@@ -35,13 +38,15 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from bench.runner import CodecSettings, Experiment, ExperimentError, UnitTask, _init_worker, do_units
+from bench.runner import (CodecSettings, Experiment, ExperimentError, SetJob, UnitTask, _init_worker, compute_set_job,
+                          do_units)
 
 EXECUTORS = ("local", "ray")
 RAY_MAX_RETRIES = 3  # a lost worker's task is retried this many times, each on whatever worker is free
 
 Handle = Callable[[dict], None]
 Work = Iterator["list[UnitTask] | None"]
+SetHandle = Callable[[SetJob, dict], None]
 
 
 def skipped() -> dict:
@@ -56,6 +61,12 @@ class Executor:
 
     def run_units(self, work: Work, handle: Handle) -> None:
         raise NotImplementedError
+
+    def run_set_jobs(self, jobs: list[SetJob], context: tuple, handle: SetHandle) -> None:
+        """``compute_set_job(job, *context)`` for each job, ``handle(job, result)`` here; default:
+        one after another in this process."""
+        for job in jobs:
+            handle(job, compute_set_job(job, *context))
 
     def close(self) -> None:
         """Release workers (idempotent); called on success, error and interrupt alike."""
@@ -139,6 +150,11 @@ def ray_units(batch: list[UnitTask], settings: CodecSettings, out: str) -> list[
     return do_units(batch, settings)
 
 
+def ray_set_job(job: SetJob, context: tuple) -> dict:
+    """A Ray task: one set metric at one codec point (:func:`bench.runner.compute_set_job`)."""
+    return compute_set_job(job, *context)
+
+
 def _ray():
     try:
         import ray
@@ -190,6 +206,8 @@ class RayExecutor(Executor):
         self.in_flight = 2 * int(slots)
         self.task = ray.remote(ray_units).options(num_cpus=1, num_gpus=1 if self.gpu else 0,
                                                   max_retries=RAY_MAX_RETRIES)
+        self.set_task = ray.remote(ray_set_job).options(num_cpus=1, num_gpus=1 if self.gpu else 0,
+                                                        max_retries=RAY_MAX_RETRIES)
 
     def run_units(self, work: Work, handle: Handle) -> None:
         out = str(Path(self.exp.out).resolve())
@@ -205,19 +223,43 @@ class RayExecutor(Executor):
         while self.refs:
             self._collect(handle, 1)
 
+    def run_set_jobs(self, jobs: list[SetJob], context: tuple, handle: SetHandle) -> None:
+        """Each job a Ray task (on a worker's own GPU with --device cuda); results stored by the caller."""
+        if not jobs:
+            return
+        if self.task is None:
+            self._connect()
+        device = "cuda" if self.gpu else context[2]  # a worker sees only its own GPU
+        context = (context[0], context[1], device, context[3])
+        pending: dict = {}
+        for job in jobs:
+            pending[self.set_task.remote(job, context)] = job
+            if len(pending) >= self.in_flight:
+                self._collect_set(pending, handle)
+        while pending:
+            self._collect_set(pending, handle)
+
+    def _collect_set(self, pending: dict, handle: SetHandle) -> None:
+        (ref,), _ = self.ray.wait(list(pending), num_returns=1)
+        job = pending.pop(ref)
+        handle(job, self._get(ref))
+
+    def _get(self, ref):
+        """The task's result; ExperimentError with the cause when it raised or kept losing workers."""
+        try:
+            return self.ray.get(ref)
+        except self.ray.exceptions.RayTaskError as exc:  # raised inside the task (e.g. run dir not shared)
+            cause = getattr(exc, "cause", None)
+            raise ExperimentError(str(cause) if isinstance(cause, ExperimentError) else str(exc)) from None
+        except self.ray.exceptions.RayError as exc:  # retries used up: workers or nodes kept dying
+            raise ExperimentError(f"a Ray task failed {RAY_MAX_RETRIES + 1} times ({type(exc).__name__}: "
+                                  f"{exc}); finished units are saved, run the same command again to resume") \
+                from None
+
     def _collect(self, handle: Handle, n: int) -> None:
         done, self.refs = self.ray.wait(self.refs, num_returns=n)
         for ref in done:
-            try:
-                results = self.ray.get(ref)
-            except self.ray.exceptions.RayTaskError as exc:  # raised inside the task (e.g. run dir not shared)
-                cause = getattr(exc, "cause", None)
-                raise ExperimentError(str(cause) if isinstance(cause, ExperimentError) else str(exc)) from None
-            except self.ray.exceptions.RayError as exc:  # retries used up: workers or nodes kept dying
-                raise ExperimentError(f"a Ray task failed {RAY_MAX_RETRIES + 1} times ({type(exc).__name__}: "
-                                      f"{exc}); finished units are saved, run the same command again to resume") \
-                    from None
-            for res in results:
+            for res in self._get(ref):
                 handle(res)
 
     def close(self) -> None:

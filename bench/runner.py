@@ -673,9 +673,9 @@ def run(exp: Experiment, progress: Callable[[str, int, int], None] | None = None
     try:
         with make_executor(exp, metrics) as executor:
             executor.run_units(batches(planner.tasks(items), exp.batch), handle)
-        if set_metrics:
-            set_keys = run_set_metrics(store, loader, items, plans, planner.keys, set_metrics, exp.device, result,
-                                       progress, exp.metric_batch)
+            if set_metrics:
+                set_keys = run_set_metrics(store, loader, items, plans, planner.keys, set_metrics, exp.device,
+                                           result, progress, exp.metric_batch, executor)
         completed = True
     except KeyboardInterrupt:
         result.problems.append("interrupted: finished units are saved; run the same command again to resume")
@@ -754,12 +754,51 @@ def select_metrics(exp: Experiment, loader: Loader) -> tuple[list[str], list[str
     return [n for n in keep if n not in dropped], notes
 
 
+@dataclass
+class SetJob:
+    """One set metric at one codec point, planned by :func:`run_set_metrics`: the stored
+    reconstructions it reads (``entries``: dataset item, absolute PNG path, in image order) and
+    the key its result is stored under. Plain data, so an executor can ship it to a worker."""
+
+    metric: str
+    codec: str
+    point: str
+    seed: int
+    key: str
+    entries: list[tuple[Item, str]]
+    mean_bpp: float
+    weights: str | None
+    batch_size: int | None = None
+
+
+_worker_loaders: dict[tuple[str, str], Loader] = {}  # per process: datasets opened for set jobs
+
+
+def compute_set_job(job: SetJob, dataset: Card, data_dir: str, device: str, cache_dir: str) -> dict:
+    """Compute one :class:`SetJob` wherever the executor runs it (this process, a Ray worker):
+    ``{"res": compute_set's dict}`` or ``{"error": message}`` (the run goes on without it)."""
+    try:
+        loader = _worker_loaders.get((dataset.hash, data_dir))
+        if loader is None:
+            loader = _worker_loaders[(dataset.hash, data_dir)] = open_dataset(dataset, data_dir)
+        spec = _with_batch_size(registry.get("metric", job.metric).obj, job.batch_size)
+        pairs = _StoredPairs(loader, [(item, Path(recon)) for item, recon in job.entries])
+        return {"res": spec.compute_set(pairs, device=device, cache_dir=Path(cache_dir))}
+    except (ValueError, OSError, RuntimeError) as exc:
+        return {"error": f"{job.metric} for {job.codec} @ {job.point}: {exc}"}
+
+
 def run_set_metrics(store: RunStore, loader: Loader, items: list[Item], plans: list[CodecPlan],
                     keys: dict[tuple[str, str, int, str], str], names: list[str], device: str, result: RunResult,
-                    progress: Callable | None = None, batch_size: int | None = None) -> list[str]:
+                    progress: Callable | None = None, batch_size: int | None = None, executor: Any = None
+                    ) -> list[str]:
     """Per-set metrics (FID, KID, mIoU, ...) for each codec point, from the stored reconstructions
     of the units this experiment planned (``keys``: (codec, point, seed, image id) -> unit key).
     Returns the keys of the set results that describe them (computed now or reused).
+
+    Planned here, computed by ``executor`` (``run_set_jobs``; None: one after another in this
+    process): on Ray every (codec point, metric) is a task of its own, with a GPU when the run's
+    device is cuda. Results are stored here, by the driver only, as they arrive.
 
     Set metric contract (registry kind "metric", ``kind = "per_set"``): ``available()``,
     ``version()``, ``higher_better`` and ``compute_set(pairs, device, cache_dir)`` where
@@ -768,38 +807,54 @@ def run_set_metrics(store: RunStore, loader: Loader, items: list[Item], plans: l
     memory does not grow with the set); returns a dict with ``value`` (float), ``n_images``
     and optional ``extra`` (protocol, n_patches, ...). ``batch_size`` (``--metric-batch``)
     is given to metrics that have a ``batch_size`` attribute (FID/KID: crops per Inception
-    forward pass); ``None`` keeps theirs. Feature caches live under ``<run>/cache``.
+    forward pass); ``None`` keeps theirs. Feature caches live under ``<run>/cache`` (written
+    atomically, so concurrent jobs may share them).
     A result is keyed by the unit keys of its images, the metric version and, for
     metrics that read captions or label maps, the dataset's annotation files.
     """
-    specs = {n: _with_batch_size(registry.get("metric", n).obj, batch_size) for n in names}
+    specs = {n: registry.get("metric", n).obj for n in names}
     dataset = loader.card.name
     annotations = loader.annotations_fingerprint()
-    groups = [(p, pt, sd) for p in plans for pt in p.points for sd in p.seeds]
     set_keys: list[str] = []
-    for i, (plan, point, seed) in enumerate(groups):
-        pt = point_str(point)
-        by_key = {it_key: it for it in items if (it_key := keys.get((plan.card.name, pt, seed, it.id)))}
-        units = store.units_of(list(by_key))  # the planned units that finished, in image order
-        if not units:
-            continue
-        mean_bpp = sum(u[2] for u in units) / len(units)
-        for name, spec in specs.items():
-            key = content_key(units=[u[0] for u in units], metric=spec.version(),
-                              annotations=annotations if metric_needs(spec) else None)
-            set_keys.append(key)
-            if store.set_metric_key(dataset, plan.card.name, pt, seed, name) == key:
-                continue
-            try:
-                pairs = _StoredPairs(loader, [(by_key[unit], store.root / recon) for unit, recon, _, _ in units])
-                res = spec.compute_set(pairs, device=device, cache_dir=store.root / "cache")
-            except (ValueError, OSError, RuntimeError) as exc:
-                result.problems.append(f"{name} for {plan.card.name} @ {pt}: {exc}")
-                continue
-            store.add_set_metric(dataset, plan.card.name, pt, seed, name, float(res["value"]), int(res["n_images"]),
-                                 key, res.get("extra"), mean_bpp=mean_bpp, weights=units[0][3])
+    jobs: list[SetJob] = []
+    for plan in plans:
+        for point in plan.points:
+            for seed in plan.seeds:
+                pt = point_str(point)
+                by_key = {k: it for it in items if (k := keys.get((plan.card.name, pt, seed, it.id)))}
+                units = store.units_of(list(by_key))  # the planned units that finished, in image order
+                if not units:
+                    continue
+                for name, spec in specs.items():
+                    key = content_key(units=[u[0] for u in units], metric=spec.version(),
+                                      annotations=annotations if metric_needs(spec) else None)
+                    set_keys.append(key)
+                    if store.set_metric_key(dataset, plan.card.name, pt, seed, name) != key:
+                        jobs.append(SetJob(name, plan.card.name, pt, seed, key,
+                                           [(by_key[u[0]], str(store.root / u[1])) for u in units],
+                                           sum(u[2] for u in units) / len(units), units[0][3], batch_size))
+    done = 0
+
+    def stored(job: SetJob, out: dict) -> None:
+        nonlocal done
+        done += 1
+        if "error" in out:
+            result.problems.append(out["error"])
+        else:
+            res = out["res"]
+            store.add_set_metric(dataset, job.codec, job.point, job.seed, job.metric, float(res["value"]),
+                                 int(res["n_images"]), job.key, res.get("extra"), mean_bpp=job.mean_bpp,
+                                 weights=job.weights)
         if progress:
-            progress("set metrics", i + 1, len(groups))
+            progress("set metrics", done, len(jobs))
+
+    context = (loader.card, str(loader.data_dir), device, str(store.root / "cache"))
+    if executor is None:
+        _worker_loaders[(loader.card.hash, context[1])] = loader
+        for job in jobs:
+            stored(job, compute_set_job(job, *context))
+    else:
+        executor.run_set_jobs(jobs, context, stored)
     return set_keys
 
 

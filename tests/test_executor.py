@@ -40,6 +40,30 @@ class KillerJPEG(PillowJPEG):
             self.marker.write_text(str(os.getpid()))
             os.kill(os.getpid(), signal.SIGKILL)
         return super().encode(rgb, point, seed)
+
+
+class WhereSetMetric:
+    """A set metric: mean reconstruction intensity; each call leaves its process id in
+    <cache_dir>/pids (which process computed it)."""
+
+    name = "where_mean"
+    kind = "per_set"
+    higher_better = True
+
+    @staticmethod
+    def available():
+        return True, ""
+
+    @staticmethod
+    def version():
+        return "where-mean-1"
+
+    @staticmethod
+    def compute_set(pairs, device="cpu", cache_dir=None):
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        with open(Path(cache_dir) / "pids", "a") as f:
+            f.write(f"{os.getpid()}\\n")
+        return {"value": float(sum(recon.mean() for _, recon in pairs) / len(pairs)), "n_images": len(pairs)}
 '''
 
 
@@ -52,16 +76,19 @@ def ray_cluster(tmp_path_factory):
     dist = site / "bench_killer-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: bench-killer\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[bench.codecs]\nkiller-jpeg = bench_killer:KillerJPEG\n")
+    (dist / "entry_points.txt").write_text("[bench.codecs]\nkiller-jpeg = bench_killer:KillerJPEG\n"
+                                           "[bench.metrics]\nwhere_mean = bench_killer:WhereSetMetric\n")
     sys.path.insert(0, str(site))
-    from bench_killer import KillerJPEG
+    from bench_killer import KillerJPEG, WhereSetMetric
 
     registry.add("codec", "killer-jpeg", KillerJPEG, source="plugin:bench-killer")
+    registry.add("metric", "where_mean", WhereSetMetric(), source="plugin:bench-killer")
     env = {"PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
     ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env})
     yield site
     ray.shutdown()
     sys.path.remove(str(site))
+    registry._entries["metric"].pop("where_mean", None)  # other tests see the built-in metrics only
 
 
 def exp(kodak_dir, out, **kw):
@@ -143,3 +170,19 @@ def test_the_local_path_never_imports_ray(kodak_dir, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_set_metrics_run_as_ray_tasks_with_the_local_values(ray_cluster, kodak_dir, tmp_path):
+    """Each (codec point, set metric) is a Ray task on a worker; the driver stores the results:
+    the per_set rows equal a local run's, and no set result is computed in the driver."""
+    metrics = ["psnr", "where_mean"]
+    run(exp(kodak_dir, tmp_path / "local", metrics=metrics))
+    res = run(exp(kodak_dir, tmp_path / "ray", metrics=metrics, executor="ray"))
+    assert not res.problems
+    same_tables(tmp_path / "local", tmp_path / "ray")
+    rows = read_table(tmp_path / "ray", "per_set")
+    assert len(rows[rows.metric == "where_mean"]) == 2  # one per point
+    pids = (tmp_path / "ray" / "cache" / "pids").read_text().split()
+    assert len(pids) == 2 and str(os.getpid()) not in pids  # computed by Ray workers, not the driver
+    local_pids = (tmp_path / "local" / "cache" / "pids").read_text().split()
+    assert local_pids == [str(os.getpid())] * 2
