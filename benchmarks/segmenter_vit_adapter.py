@@ -40,6 +40,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from benchmarks.perco_decode import _cuda  # noqa: E402  (one "is there a GPU" probe for the benchmarks)
 
 
 def main() -> None:
@@ -124,15 +125,6 @@ def main() -> None:
                   f"({t_head / (t_backbone + t_head):.0%})")
     console.print(f"coco2017-val512 (5000 images) per rate point: {5000 * med / 3600:.2f} h")
     console.print(f"peak memory: {peak:.0f} MiB ({peak_what})")
-
-
-def _cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
 
 
 if __name__ == "__main__":

@@ -384,9 +384,11 @@ def test_cocostuff_known_answer(monkeypatch):
     assert registry.get("metric", "miou_cocostuff").obj.label_space == STUFF_SPACE
 
 
-def test_cocostuff_end_to_end_on_prepared_coco(tmp_path, monkeypatch, coco_mini_dir):
+@pytest.mark.parametrize("model, head", [("tiny", "upernet"), ("tiny-mask2former", "mask2former")])
+def test_cocostuff_end_to_end_on_prepared_coco(tmp_path, monkeypatch, coco_mini_dir, model, head):
     """Real coco-mini JPEGs + instance annotations and hand-made COCO-Stuff maps through `bench datasets
-    prepare` (coco2017-val512: 512x512), then a run with miou_cocostuff on the tiny random ViT-Adapter."""
+    prepare` (coco2017-val512: 512x512), then a run with miou_cocostuff on a tiny random ViT-Adapter of
+    each head; the stored value equals the same segmenter's IoU computed by hand."""
     import json
 
     import pandas as pd
@@ -417,7 +419,7 @@ def test_cocostuff_end_to_end_on_prepared_coco(tmp_path, monkeypatch, coco_mini_
                     expect={"count": 2, "size": [512, 512]})
     data = tmp_path / "prepared"
     assert prep.prepare(card, data, [z, ann, stuff], fetch=False).complete
-    monkeypatch.setenv("BENCH_VIT_ADAPTER_MODEL", "tiny")
+    monkeypatch.setenv("BENCH_VIT_ADAPTER_MODEL", model)
     monkeypatch.setenv("BENCH_VIT_ADAPTER_WEIGHTS", "random")
     spec = registry.get("metric", "miou_cocostuff").obj
     monkeypatch.setattr(spec, "_segmenters", {})
@@ -428,12 +430,13 @@ def test_cocostuff_end_to_end_on_prepared_coco(tmp_path, monkeypatch, coco_mini_
     row = pd.read_parquet(out / "per_set.parquet").query("metric == 'miou_cocostuff'")
     assert len(row) == 1 and row.iloc[0]["n_images"] == 2
     extra = json.loads(row.iloc[0]["extra"])
-    assert extra["segmenter"]["model"] == "tiny" and extra["segmenter"]["weights"] == "random-seed0"
+    assert extra["segmenter"]["model"] == model and extra["segmenter"]["weights"] == "random-seed0"
+    assert extra["segmenter"]["head"] == head and f"{model}+random-seed0" in spec.version()
     assert extra["protocol"].startswith("PerCo: 512")
     # by hand: the same segmenter on the stored reconstructions against the prepared COCO-Stuff maps
     from bench.metrics.vit_adapter.segmenter import ViTAdapterSegmenter
 
-    seg = ViTAdapterSegmenter("tiny", "random")
+    seg = ViTAdapterSegmenter(model, "random")
     recon_dir = next((out / "recon").rglob("s0"))
     pairs = [(seg.predict_trainid(np.asarray(Image.open(recon_dir / f"{i}.png"))),
               np.asarray(Image.open(data / "labels" / prep.STUFF_SPACE / f"{i}.png"))) for i in ids]

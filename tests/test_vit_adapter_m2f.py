@@ -5,7 +5,6 @@ strict loading of a saved state dict through the checkpoint loader), and miou_co
 with the tiny Mask2Former under BENCH_VIT_ADAPTER_WEIGHTS=random. Random weights: no quality checked."""
 from __future__ import annotations
 
-import json
 import math
 import zipfile
 
@@ -15,6 +14,7 @@ import torch
 
 from bench.metrics.vit_adapter import checkpoint, configs
 from bench.metrics.vit_adapter import model as M
+from test_vit_adapter import _official_sd  # the state dict as the release stores it (with the index buffers)
 from bench.metrics.vit_adapter.mask2former import (
     attention_mask,
     semantic_inference,
@@ -139,12 +139,6 @@ def test_predict_runs_the_pipeline(tiny):
     assert M.pipeline_sizes(512, 512, big) == ((896, 896), (896, 896))  # PerCo's images: one window
 
 
-def _official_sd(model) -> dict:
-    sd = dict(model.state_dict())
-    for name, buf in model.named_buffers():
-        if name.endswith("attn.relative_position_index"):
-            sd[name] = buf.clone()
-    return sd
 
 
 def test_checkpoint_round_trip_through_the_release_format(tiny, tmp_path):
@@ -186,61 +180,6 @@ def test_segmenter_describes_the_head(monkeypatch):
     d = seg.describe()
     assert d["model"] == "tiny-mask2former" and d["head"] == "mask2former" and "softmax(class)" in d["inference"]
     assert seg.predict_trainid(np.full((64, 64, 3), 128, np.uint8)).shape == (64, 64)
-
-
-def test_miou_cocostuff_end_to_end_with_tiny_mask2former(tmp_path, monkeypatch, coco_mini_dir):
-    """CPU smoke: real coco-mini JPEGs + hand-made COCO-Stuff maps through `bench datasets prepare`
-    (coco2017-val512), a run of miou_cocostuff with the tiny random Mask2Former; the stored value is
-    the IoU of the same segmenter's predictions on the stored reconstructions, counted by hand."""
-    import pandas as pd
-    from PIL import Image
-    from test_datasets_prepare import card_for, coco_index, png_bytes, write_zip
-    from test_miou import miou_by_hand
-
-    from bench import registry
-    from bench.data import prepare as prep
-    from bench.metrics.vit_adapter.segmenter import ViTAdapterSegmenter
-    from bench.runner import Experiment, run
-
-    ids = ["000000000139", "000000000802"]
-    files = {}
-    for i in ids:
-        with Image.open(coco_mini_dir / "images" / f"{i}.jpg") as im:
-            files[f"{i}.jpg"] = im.size
-    z = write_zip(tmp_path / "val2017.zip", {f"val2017/{i}.jpg": (coco_mini_dir / "images" / f"{i}.jpg").read_bytes()
-                                             for i in ids})
-    caps = coco_index(files)
-    caps["annotations"] = [{"id": k, "image_id": int(i), "caption": "a photo"} for k, i in enumerate(ids)]
-    ann = write_zip(tmp_path / "annotations_trainval2017.zip",
-                    {"annotations/captions_val2017.json": json.dumps(caps).encode(),
-                     "annotations/instances_val2017.json": json.dumps(coco_index(files)).encode()})
-    rng = np.random.default_rng(0)
-    stuff = write_zip(tmp_path / "stuffthingmaps_trainval2017.zip", {
-        f"val2017/{i}.png": png_bytes(rng.choice([0, 2, 91, 105, 181, 255], (h, w)).astype(np.uint8))
-        for i, (w, h) in zip(ids, files.values())})
-    card = card_for("coco2017-val512", {z.name: z, ann.name: ann, stuff.name: stuff}, tmp_path,
-                    expect={"count": 2, "size": [512, 512]})
-    data = tmp_path / "prepared"
-    assert prep.prepare(card, data, [z, ann, stuff], fetch=False).complete
-    monkeypatch.setenv("BENCH_VIT_ADAPTER_MODEL", "tiny-mask2former")
-    monkeypatch.setenv("BENCH_VIT_ADAPTER_WEIGHTS", "random")
-    spec = registry.get("metric", "miou_cocostuff").obj
-    monkeypatch.setattr(spec, "_segmenters", {})
-    assert spec.available() == (True, "") and "tiny-mask2former+random-seed0" in spec.version()
-    out = tmp_path / "run"
-    res = run(Experiment(dataset=card.path, data_dir=str(data), codecs=["jpeg"], points=[50],
-                         metrics=["miou_cocostuff"], out=str(out)))
-    assert not [p for p in res.problems if not p.startswith("note:")], res.problems
-    row = pd.read_parquet(out / "per_set.parquet").query("metric == 'miou_cocostuff'")
-    assert len(row) == 1 and row.iloc[0]["n_images"] == 2
-    extra = json.loads(row.iloc[0]["extra"])
-    assert extra["segmenter"]["model"] == "tiny-mask2former" and extra["segmenter"]["head"] == "mask2former"
-    assert extra["segmenter"]["weights"] == "random-seed0"
-    seg = ViTAdapterSegmenter("tiny-mask2former", "random")
-    recon_dir = next((out / "recon").rglob("s0"))
-    pairs = [(seg.predict_trainid(np.asarray(Image.open(recon_dir / f"{i}.png"))),
-              np.asarray(Image.open(data / "labels" / prep.STUFF_SPACE / f"{i}.png"))) for i in ids]
-    assert row.iloc[0]["value"] == pytest.approx(miou_by_hand(pairs), rel=1e-9)
 
 
 def test_head_matches_transformers_mask2former():
@@ -323,24 +262,3 @@ def test_head_matches_transformers_mask2former():
     assert torch.allclose(cls, theirs_cls, atol=1e-4)
     frac = [(m < 0).float().mean().item() for m in d_out.masks_queries_logits[:-1]]
     assert all(0.05 < f < 0.95 for f in frac), frac  # the attention masks did block something, not all
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.needs_weights(f"vit-adapter-{n}")) for n in RELEASED])
-def test_released_mask2former_loads_and_sees_people(name, coco_mini_dir):
-    """With a released Mask2Former checkpoint (the .zip as published): strict loading (keys, shapes,
-    class order) and, on coco-mini images annotated with people, most person pixels predicted as
-    person (train id 0)."""
-    from bench import cards
-    from bench.data.loaders import open_dataset
-    from bench.metrics.vit_adapter.segmenter import ViTAdapterSegmenter
-
-    seg = ViTAdapterSegmenter(name, "registry", device="cuda" if torch.cuda.is_available() else "cpu")
-    assert seg.meta.get("CLASSES") is None or len(seg.meta["CLASSES"]) == 171
-    ld = open_dataset(cards.get("dataset", "coco-mini"), coco_mini_dir)
-    people = [s for s in (ld.load(it) for it in ld.items()[:20]) if s.label_map is not None
-              and (s.label_map == 1).sum() > 5000][:2]
-    assert people, "coco-mini has images with people"
-    for s in people:
-        pred = seg.predict_trainid(s.rgb)
-        on_person = np.bincount(pred[s.label_map == 1], minlength=171)
-        assert on_person.argmax() == 0, (s.id, on_person.argmax())
