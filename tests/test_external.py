@@ -52,6 +52,15 @@ def program(tmp_path, monkeypatch, exe: str, body: str) -> str:
     return str(path)
 
 
+@pytest.fixture(autouse=True)
+def private_tmp(tmp_path, monkeypatch):
+    """This process's temporary files go to a folder of the test's own: another bench run on the
+    machine (its own bench-enc-* folders in /tmp) cannot make the leftover checks fail."""
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+
+
 def leftovers() -> list[str]:
     tmp = tempfile.gettempdir()
     return glob.glob(os.path.join(tmp, "bench-enc-*")) + glob.glob(os.path.join(tmp, "bench-dec-*"))
