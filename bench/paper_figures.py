@@ -191,8 +191,9 @@ class Painter:
         return str(path)
 
     def values(self, dataset: str, curve: Curve, metric: str, rate_kind: str = "real"):
-        """``{point: (mean_bpp, value)}`` (mean over the curve's seeds present; where several runs hold a
-        point, the rows over the most images, one per seed), points missing, and how many rows with
+        """``{point: (mean_bpp, value, half)}`` (mean over the curve's seeds present; where several runs hold
+        a point, the rows over the most images, one per seed; ``half``: the 95 % interval half-width over
+        images, NaN for a mean over seeds or without per-image values), points missing, and how many rows with
         random weights match. ``rate_kind="estimated"``: the rows at an official rate estimate instead
         (CDC's), never mixed with real rates; no missing points are recorded for them."""
         def pick(df):
@@ -205,7 +206,6 @@ class Painter:
         sub = sub[sub["seed"].isin(curve.seeds)]
         points = curve.points or sorted(sub["point"].unique())
         found, missing = {}, []
-        self.halves = {}  # point -> 95 % interval half-width (one seed only; seed means have none)
         for p in points:
             at = sub[sub["point"] == p]
             # several runs may hold the point: keep the rows over the most images, one per seed
@@ -213,9 +213,9 @@ class Painter:
             if at.empty or set(curve.seeds) - set(at["seed"]):
                 missing.append(p)
             if not at.empty:
-                found[p] = (float(at["mean_bpp"].mean()), float(at["value"].mean()))
-                if len(at) == 1 and "half" in at.columns:
-                    self.halves[p] = float(at["half"].iloc[0])
+                # 95 % interval half-width: one seed only (a mean over seeds has none here)
+                half = float(at["half"].iloc[0]) if len(at) == 1 and "half" in at.columns else math.nan
+                found[p] = (float(at["mean_bpp"].mean()), float(at["value"].mean()), half)
                 self.n_images.add(int(at["n_images"].max()))
         if rate_kind != "real":
             return found, [], n_random
@@ -261,7 +261,7 @@ class Painter:
                     order = sorted(found, key=lambda p: found[p])
                     if order:
                         bars |= draw_line(ax, [found[p][0] for p in order], [found[p][1] for p in order],
-                                          [self.halves.get(p, math.nan) for p in order], marker="o", ms=3,
+                                          [found[p][2] for p in order], marker="o", ms=3,
                                           lw=1.3, ls="-", label=label, color=self.colour(curve.codec))
                         drawn += 1
                     est = sorted(self.values(dataset, curve, y, "estimated")[0].values())
@@ -308,7 +308,7 @@ class Painter:
         one line per point across the sweep's values."""
         if curve.sweep is None or curve.sweep[0] != param:
             return 0
-        for p, (_, value) in found.items():
+        for p, (_, value, _) in found.items():
             key = (curve.cid, p)
             self._sweep.setdefault(key, []).append((curve.sweep[1], value))
         return 0
@@ -395,7 +395,7 @@ def _figure_table(painter: Painter):
             for m in columns:
                 found, _missing, nr = painter.values(other.get(m, dataset), curve, m)
                 if found:
-                    b, v = next(iter(found.values()))
+                    b, v, _ = next(iter(found.values()))
                     if m not in other:  # bpp of the table's own dataset
                         bpp = f"{b:.4f}"
                     row.append(_cell(f"{v:.4g}", paper.get(m)))
