@@ -38,10 +38,9 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from bench.runner import (CodecSettings, Experiment, ExperimentError, SetJob, UnitTask, _init_worker, compute_set_job,
-                          do_units)
+from bench.runner import (EXECUTORS, CodecSettings, Experiment, ExperimentError, SetJob, UnitTask, _init_worker,
+                          compute_set_job, do_units, unit_result)
 
-EXECUTORS = ("local", "ray")
 RAY_MAX_RETRIES = 3  # a lost worker's task is retried this many times, each on whatever worker is free
 
 Handle = Callable[[dict], None]
@@ -51,7 +50,7 @@ SetHandle = Callable[[SetJob, dict], None]
 
 def skipped() -> dict:
     """The result of a unit already done (reused): counted, nothing written."""
-    return {"unit_key": None, "unit": None, "metrics": {}, "errors": []}
+    return unit_result(None)
 
 
 class Executor:
@@ -83,7 +82,7 @@ def make_executor(exp: Experiment, metrics: list[str]) -> Executor:
         return LocalExecutor(exp, metrics)
     if exp.executor == "ray":
         return RayExecutor(exp, metrics)
-    raise ExperimentError(f"--executor must be one of {', '.join(EXECUTORS)}, got {exp.executor!r}")
+    raise ExperimentError(f"--executor must be {' or '.join(EXECUTORS)}, got {exp.executor!r}")
 
 
 # ---------------------------------------------------------------------------- local
@@ -231,9 +230,11 @@ class RayExecutor(Executor):
             self._connect()
         device = "cuda" if self.gpu else context[2]  # a worker sees only its own GPU
         context = (context[0], context[1], device, context[3])
-        pending: dict = {}
+        pending: dict = {}  # ref -> job; the refs are also in self.refs, so close() cancels them
         for job in jobs:
-            pending[self.set_task.remote(job, context)] = job
+            ref = self.set_task.remote(job, context)
+            pending[ref] = job
+            self.refs.append(ref)
             if len(pending) >= self.in_flight:
                 self._collect_set(pending, handle)
         while pending:
@@ -242,6 +243,7 @@ class RayExecutor(Executor):
     def _collect_set(self, pending: dict, handle: SetHandle) -> None:
         (ref,), _ = self.ray.wait(list(pending), num_returns=1)
         job = pending.pop(ref)
+        self.refs.remove(ref)
         handle(job, self._get(ref))
 
     def _get(self, ref):

@@ -43,6 +43,7 @@ from bench.store import (RunStore, StoreError, UnitPaths, atomic_path, atomic_wr
 
 DEFAULT_METRICS = ("psnr", "ssim", "ms_ssim", "gmsd")
 DTYPES = ("float32", "float16", "bfloat16")
+EXECUTORS = ("local", "ray")  # bench.executors.make_executor
 DEFAULT_CODECS = ("jpeg", "webp")
 
 
@@ -105,8 +106,8 @@ class Experiment:
             raise ExperimentError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ExperimentError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
-        if self.executor not in ("local", "ray"):
-            raise ExperimentError(f"--executor must be local or ray, got {self.executor!r}")
+        if self.executor not in EXECUTORS:
+            raise ExperimentError(f"--executor must be {' or '.join(EXECUTORS)}, got {self.executor!r}")
         if self.address and self.executor != "ray":
             raise ExperimentError("--address is the address of a Ray cluster: give it with --executor ray")
 
@@ -313,6 +314,12 @@ def _engine(names: list[str], device: str):
     return engine
 
 
+def unit_result(unit_key: str | None = None) -> dict:
+    """An empty result of one unit (the shape ``handle`` in :func:`run` records); ``unit_key``
+    None: a unit already done (reused), counted and nothing written."""
+    return {"unit_key": unit_key, "unit": None, "metrics": {}, "errors": []}
+
+
 def _where(task: UnitTask) -> str:
     return f"{task.card.name} @ {point_str(task.point)} on {task.image_id}"
 
@@ -412,7 +419,7 @@ def _code_units(tasks: list[UnitTask], settings: CodecSettings) -> list[tuple[di
     res: list[tuple[dict, np.ndarray | None]] = []
     todo: dict[str, list[tuple[int, bytes, float]]] = {}  # card hash -> (task index, stored bytes, enc_s)
     for i, task in enumerate(tasks):
-        out: dict = {"unit_key": task.unit_key, "unit": None, "metrics": {}, "errors": []}
+        out = unit_result(task.unit_key)
         res.append((out, None))
         if not task.need_codec:
             try:
@@ -849,8 +856,8 @@ def run_set_metrics(store: RunStore, loader: Loader, items: list[Item], plans: l
             progress("set metrics", done, len(jobs))
 
     context = (loader.card, str(loader.data_dir), device, str(store.root / "cache"))
+    _worker_loaders[(loader.card.hash, context[1])] = loader  # jobs run in this process reuse the run's loader
     if executor is None:
-        _worker_loaders[(loader.card.hash, context[1])] = loader
         for job in jobs:
             stored(job, compute_set_job(job, *context))
     else:

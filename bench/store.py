@@ -110,6 +110,12 @@ def output_error(exc: OSError, *paths: Path) -> str | None:
             f"(or choose another --out); {RESUME_HINT}")
 
 
+def _scope_rows(unit_keys: list[str], metrics: dict[str, str], set_keys: list[str] = ()) -> list[tuple]:
+    """Rows of the ``scope`` table: (kind, key, version) for units, per-image metrics and set results."""
+    return ([("unit", k, "") for k in unit_keys] + [("metric", m, v) for m, v in metrics.items()]
+            + [("set", k, "") for k in set_keys])
+
+
 def _related(a: Path, b: Path) -> bool:
     return a == b or b in a.parents or a in b.parents
 
@@ -297,8 +303,7 @@ class RunStore:
         """Record the experiment of this invocation: its planned unit keys, its per-image
         metrics ``{name: version}`` and the keys of its set-metric results. The tables
         are re-exported when the scope changed."""
-        new = {("unit", k, "") for k in unit_keys} | {("metric", m, v) for m, v in metrics.items()} | \
-              {("set", k, "") for k in set_keys}
+        new = set(_scope_rows(unit_keys, metrics, set_keys))
         old = set(self.db.execute("SELECT kind, key, version FROM scope").fetchall())
         if new == old:
             return
@@ -311,7 +316,7 @@ class RunStore:
         """Add to the recorded scope without removing anything: the tables written while a run
         goes on then hold the earlier scope plus what this run planned so far, and only grow.
         The end of the run records the exact scope (:meth:`set_scope`)."""
-        new = [("unit", k, "") for k in unit_keys] + [("metric", m, v) for m, v in metrics.items()]
+        new = _scope_rows(unit_keys, metrics)
         with self._tx():
             before = self.db.total_changes
             self.db.executemany("INSERT OR IGNORE INTO scope VALUES (?, ?, ?)", new)
