@@ -285,41 +285,31 @@ class MIoU(SetMetric):
             raise ValueError(f"miou: none of the {len(self._skipped)} images has a ground-truth label map; "
                              "use a dataset with segmentation annotations (e.g. coco-mini, coco-val2017)")
         res = self._acc.compute()
+        extra = {"segmenter": self.segmenter(self.device).describe()}
         if self.stuff:
             from bench.metrics.vit_adapter.configs import class_names
 
             names = class_names()
             perco = self._sizes == {PERCO_SIZE}
-            return {
-                "value": 100.0 * res["miou"],
-                "n_images": self._labelled,
-                "extra": {
-                    "segmenter": self.segmenter(self.device).describe(),
-                    "label_space": STUFF_SPACE,
-                    "ignore_index": IGNORE,
-                    "n_classes": len(res["classes"]),
-                    "iou_per_class": {f"{c} {names[c]}": round(v, 6) for c, v in res["iou"].items()},
-                    "image_sizes": sorted(f"{h}x{w}" for h, w in self._sizes),
-                    "protocol": ("PerCo: 512×512 images, COCO-Stuff 171 classes" if perco else
-                                 "NOT PerCo's 512×512 setting: images of other sizes"),
-                    "n_skipped_no_label_map": len(self._skipped),
-                    "skipped": self._skipped[:50],
-                },
-            }
-        return {
-            "value": 100.0 * res["miou"],
-            "n_images": self._labelled,
-            "extra": {
-                "segmenter": self.segmenter(self.device).describe(),
+            extra.update({
+                "label_space": STUFF_SPACE,
+                "ignore_index": IGNORE,
+                "n_classes": len(res["classes"]),
+                "iou_per_class": {f"{c} {names[c]}": round(v, 6) for c, v in res["iou"].items()},
+                "image_sizes": sorted(f"{h}x{w}" for h, w in self._sizes),
+                "protocol": ("PerCo: 512×512 images, COCO-Stuff 171 classes" if perco else
+                             "NOT PerCo's 512×512 setting: images of other sizes"),
+            })
+        else:
+            extra.update({
                 "label_space": LABEL_SPACE,
                 "ignore_index": IGNORE,
                 "background": "0 = no COCO thing; counted as a class",
                 "n_classes": len(res["classes"]),
                 "iou_per_class": {str(c): round(v, 6) for c, v in res["iou"].items()},
-                "n_skipped_no_label_map": len(self._skipped),
-                "skipped": self._skipped[:50],
-            },
-        }
+            })
+        extra.update({"n_skipped_no_label_map": len(self._skipped), "skipped": self._skipped[:50]})
+        return {"value": 100.0 * res["miou"], "n_images": self._labelled, "extra": extra}
 
 
 registry.add("metric", "miou", MIoU())

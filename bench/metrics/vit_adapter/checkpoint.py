@@ -69,33 +69,35 @@ def torch_file(path: str | os.PathLike) -> Path:
                 return path
             member = _member(path, names)
             info = tf.getmember(member)
-            out = path.with_name(path.name + ".unpacked") / Path(member).name
-            if not (out.is_file() and out.stat().st_size == info.size):
-                out.parent.mkdir(parents=True, exist_ok=True)
-                tmp = out.with_name(out.name + ".part")
+
+            def open_tar_member():
                 src = tf.extractfile(info)
                 if src is None:
                     raise CheckpointError(f"{path}: member {member} is not a regular file")
-                with src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                os.replace(tmp, out)
-            return out
+                return src
+
+            return _unpack_once(path, member, info.size, open_tar_member)
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
             if _is_torch_zip(names):
                 return path
             member = _member(path, names)
-            out = path.with_name(path.name + ".unpacked") / Path(member).name
-            size = zf.getinfo(member).file_size
-            if not (out.is_file() and out.stat().st_size == size):
-                out.parent.mkdir(parents=True, exist_ok=True)
-                tmp = out.with_name(out.name + ".part")
-                with zf.open(member) as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                os.replace(tmp, out)
-            return out
+            return _unpack_once(path, member, zf.getinfo(member).file_size, lambda: zf.open(member))
     return path
+
+
+def _unpack_once(archive: Path, member: str, size: int, open_member) -> Path:
+    """``<archive>.unpacked/<member's name>``, copied out of the archive unless a file of ``size``
+    bytes is already there (written to ``.part`` and renamed: a killed copy is never taken whole)."""
+    out = archive.with_name(archive.name + ".unpacked") / Path(member).name
+    if not (out.is_file() and out.stat().st_size == size):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".part")
+        with open_member() as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        os.replace(tmp, out)
+    return out
 
 
 def _numpy_data_globals() -> list:
