@@ -157,22 +157,25 @@ def open_image(path: Path | BinaryIO) -> Image.Image:
         Image.MAX_IMAGE_PIXELS = saved
 
 
-def read_rgb(path: str | Path) -> tuple[np.ndarray, list[str]]:
-    """Read ``path`` as uint8 (H, W, 3) RGB; returns (rgb, conversion notes)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"{path}: file not found")
+def read_rgb(path: str | Path | BinaryIO, where: str | None = None) -> tuple[np.ndarray, list[str]]:
+    """Read ``path`` (a file, or an open binary file such as an archive member's bytes named
+    ``where`` in messages) as uint8 (H, W, 3) RGB by the policy above; returns (rgb, notes)."""
+    if isinstance(path, (str, os.PathLike)):
+        path = Path(path)
+        if not path.is_file():
+            raise ImageError(f"{path}: file not found")
+    where = where or str(path)
     try:
         with open_image(path) as img:
-            check_pixels(img.height, img.width, str(path))
+            check_pixels(img.height, img.width, where)
             bits = sample_bits(img)
             img.load()
-            return to_rgb(img, str(path), bits)
+            return to_rgb(img, where, bits)
     except ImageError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, MemoryError,
             Image.DecompressionBombError) as exc:
-        raise ImageError(f"{path}: not a readable image ({type(exc).__name__}: {exc}). "
+        raise ImageError(f"{where}: not a readable image ({type(exc).__name__}: {exc}). "
                          "Replace or remove the file") from exc
 
 

@@ -20,7 +20,7 @@ transform and selection are also in the card's result hash)::
     manifest_sha256: <hex or null>
 
 Determinism. Decoding: Pillow (its bundled libjpeg-turbo / zlib), converted to
-uint8 RGB by :func:`bench.data.images.to_rgb`. Resizing: ``PIL.Image.resize`` on the
+uint8 RGB by :func:`bench.data.images.read_rgb` (its policy: bit depth, pixel limit, modes). Resizing: ``PIL.Image.resize`` on the
 uint8 RGB image with the named filter (antialiased, ``reducing_gap=None``), with
 torchvision's size rules so that ``Resize(N)`` + ``CenterCrop`` on a PIL image
 gives the same pixels: the longer side becomes ``int(N * long / short)``; a crop
@@ -60,7 +60,7 @@ from PIL import Image
 
 from bench.cards import Card
 from bench.data.download import Archive, DownloadError, download
-from bench.data.images import ImageError, pixel_sha256, sample_bits, to_rgb
+from bench.data.images import ImageError, pixel_sha256, read_rgb
 from bench.data.loaders import DatasetError, default_data_dir
 from bench.hashing import sha256_bytes, sha256_json
 
@@ -478,15 +478,7 @@ def _write_png(img: Image.Image, path: Path) -> None:
 def _prepare_one(job: Job, ops: list[dict], out_dir: Path, image_rel: str, plan_: Plan) -> dict:
     data = job.source.read(job.name)
     where = f"{job.source.where}:{job.name}"
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            bits = sample_bits(im)  # before load(): Pillow reads 16-bit RGB as 8-bit, dropping the low byte
-            im.load()
-            rgb, notes = to_rgb(im, where, bits)
-    except ImageError:
-        raise
-    except Exception as exc:
-        raise ImageError(f"{where}: not a readable image ({exc})") from exc
+    rgb, notes = read_rgb(io.BytesIO(data), where)  # the images policy: bit depth, size limit, modes
     src = Image.fromarray(rgb, "RGB")
     orig = src.size
     if job.size is not None and tuple(job.size) != orig:
