@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bench.intervals import t_half_width
+
 METHODS = ("pchip", "akima", "cubic")
 MIN_POINTS = {"pchip": 2, "akima": 3, "cubic": 4}
 
@@ -249,14 +251,12 @@ def point_intervals(per_image, level: float = 0.95):
     """Per (codec, point, metric): ``n`` images, ``mean_bpp``, ``mean``, ``low``, ``high`` — a Student-t
     interval of the mean over images (seeds averaged per image first; ``low == high == mean`` for one
     image)."""
-    from scipy import stats
-
     df = per_image.astype({"point": str}).groupby(["codec", "point", "metric", "image_id"], as_index=False)[
         ["bpp", "value"]].mean()
     g = df.groupby(["codec", "point", "metric"])
     out = g.agg(n=("value", "size"), mean_bpp=("bpp", "mean"), mean=("value", "mean"), sd=("value", "std"))
     out = out.reset_index()
-    half = stats.t.ppf(0.5 + level / 2, np.maximum(out["n"] - 1, 1)) * out["sd"].fillna(0) / np.sqrt(out["n"])
+    half = t_half_width(out["n"], out["sd"].fillna(0), level)
     out["low"], out["high"] = out["mean"] - half, out["mean"] + half
     return out.drop(columns="sd")
 

@@ -56,7 +56,8 @@ def with_intervals(per_set, per_image, level: float = 0.95):
     mean over images of each (dataset, codec, point, seed, metric), from ``per_image`` (NaN where
     there are no per-image values, e.g. set metrics, or fewer than two images)."""
     import numpy as np
-    from scipy import stats
+
+    from bench.intervals import t_half_width
 
     out = per_set.drop(columns=["half"], errors="ignore")
     if per_image is None or per_image.empty:
@@ -66,7 +67,7 @@ def with_intervals(per_set, per_image, level: float = 0.95):
         pi = pi[pi["rate_kind"].fillna("real") == "real"]
     g = pi.groupby(INTERVAL_KEYS)["value"].agg(["size", "std"]).reset_index()
     n = g["size"].to_numpy(float)
-    half = stats.t.ppf(0.5 + level / 2, np.maximum(n - 1, 1)) * g["std"].to_numpy(float) / np.sqrt(n)
+    half = t_half_width(n, g["std"].to_numpy(float), level)
     g["half"] = np.where(n > 1, half, np.nan)
     keyed = out.assign(point=out["point"].astype(str))
     merged = keyed.merge(g[INTERVAL_KEYS + ["half"]], on=INTERVAL_KEYS, how="left")

@@ -27,7 +27,6 @@ import base64
 import html
 import io
 import json
-import math
 import re
 import sqlite3
 from collections.abc import Iterable
@@ -164,9 +163,9 @@ def _interval(values: np.ndarray) -> tuple[float, float | None]:
     mean = float(np.mean(values))
     if n < 2:
         return mean, None
-    from scipy import stats
+    from bench.intervals import t_half_width
 
-    return mean, float(stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
+    return mean, float(t_half_width(n, np.std(values, ddof=1)))
 
 
 def points_rows(per_image, per_set) -> tuple[list[str], list[dict]]:
